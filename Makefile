@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole test suite).
+# Each creates the virtual environment on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test experiments clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,notebooks]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/compressjax demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 -q tests
+
+experiments: $(BIN)/.installed
+	$(BIN)/python -m experiments.run_all $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
