@@ -1,0 +1,67 @@
+"""Shared test fixtures: small deterministic models and a toy quantizer."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from compressjax.quant.base import Quantizer
+from compressjax.quant.qarray import QArray
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToyQuantizer(Quantizer):
+  """Symmetric per-tensor quantizer with a learnable step and a call counter in stats."""
+
+  def init(self, x):
+    return {"step": jnp.max(jnp.abs(x)) / (2 ** (self.bits - 1) - 1) + 1e-8}, {"calls": jnp.zeros(())}
+
+  def update(self, x, params, stats):
+    return {"calls": stats["calls"] + 1}
+
+  def _codes(self, x, step):
+    lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+    return jnp.clip(jnp.round(x / step), lo, hi)
+
+  def fake(self, x, params, stats):
+    step = params["step"]
+    scaled = x / step
+    rounded = scaled + jax.lax.stop_gradient(self._codes(x, step) - scaled)
+    return rounded * step
+
+  def export(self, x, params, stats):
+    return QArray.from_codes(self._codes(x, params["step"]), params["step"], bits=self.bits, signed=True)
+
+
+class ToyNet(nn.Module):
+  """Conv, BatchNorm, DenseGeneral, Einsum, ConvTranspose and Dense sites in one small net."""
+
+  width: int = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.width, (3, 3), name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+    x = nn.relu(x)
+    x = nn.ConvTranspose(self.width, (2, 2), strides=(1, 1), name="deconv")(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.DenseGeneral(8, name="proj")(x)
+    x = nn.Einsum((8, 8), "bi,io->bo", name="mix")(x)
+    return nn.Dense(3, name="head")(x)
+
+
+@pytest.fixture
+def toy_quantizer():
+  return ToyQuantizer
+
+
+@pytest.fixture
+def toy_net():
+  return ToyNet()
+
+
+@pytest.fixture
+def toy_input():
+  return jax.random.normal(jax.random.key(1), (2, 5, 5, 1))
