@@ -52,11 +52,15 @@ class Compression:
     rules: the rules, first match wins.
     serve: kernels are QArrays written by :func:`compressjax.export.export`.
     backend: kernel dispatcher backend used when serving (None: automatic).
+    interceptors: further ``nn.intercept_methods`` interceptors entered inside the rules' one
+      (outermost first), for methods that act on layers other than sites, e.g. AdaBits'
+      switchable BatchNorm. They must be hashable (frozen dataclasses or functions).
   """
 
   rules: tuple[Rule, ...] = ()
   serve: bool = False
   backend: str | None = None
+  interceptors: tuple[Callable, ...] = ()
 
   def rule_for(self, path: str) -> Rule | None:
     match = first_match(self.rules, path)
@@ -118,7 +122,10 @@ def uncompressed(model: nn.Module) -> nn.Module:
 def _compressed_class(base: type) -> type:
   def __call__(self, *args, **kwargs):
     seen: list[str] = []
-    with nn.intercept_methods(functools.partial(_intercept, self.compression, seen)):
+    with contextlib.ExitStack() as stack:
+      stack.enter_context(nn.intercept_methods(functools.partial(_intercept, self.compression, seen)))
+      for interceptor in self.compression.interceptors:
+        stack.enter_context(nn.intercept_methods(interceptor))
       out = super(cls, self).__call__(*args, **kwargs)
     if self.is_initializing() and self.compression.rules:
       warn_unused(self.compression.rules, seen)
@@ -204,12 +211,12 @@ def _call_with_kernel(module, spec, transform, next_fun, args, kwargs):
       return apply_transform(module, WEIGHT_PREFIX, transform, value) if name == "kernel" else value
 
     shadow["param"] = param
-  with _shadowed(module, shadow):
+  with shadowed(module, shadow):
     return next_fun(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def _shadowed(module: nn.Module, attrs: dict[str, Any]):
+def shadowed(module: nn.Module, attrs: dict[str, Any]):
   """Sets instance attributes of a (frozen) module for one call, then restores them."""
   missing = object()
   saved = {k: module.__dict__.get(k, missing) for k in attrs}

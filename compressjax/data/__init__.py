@@ -1,0 +1,35 @@
+"""Data: the offline digits dataset, public tfds datasets (array_record, no TensorFlow), and
+deterministic resumable batching with host-side preprocessing and augmentation."""
+
+from compressjax.data.augment import Augment, crop_flip, flip, get_augment
+from compressjax.data.batching import Batch, batches, epoch_order, steps_per_epoch
+from compressjax.data.catalog import DATASETS, DatasetSpec, prepare_command, resolve_data_dir
+from compressjax.data.dataset import Dataset, load_dataset, stratified_split
+from compressjax.data.digits import Digits
+from compressjax.data.preprocess import channel_stats, normalize, resize_images
+from compressjax.data.splits import ArraySplit, SourceSplit, Split
+
+__all__ = [
+    "DATASETS",
+    "ArraySplit",
+    "Augment",
+    "Batch",
+    "Dataset",
+    "DatasetSpec",
+    "Digits",
+    "SourceSplit",
+    "Split",
+    "batches",
+    "channel_stats",
+    "crop_flip",
+    "epoch_order",
+    "flip",
+    "get_augment",
+    "load_dataset",
+    "normalize",
+    "prepare_command",
+    "resize_images",
+    "resolve_data_dir",
+    "steps_per_epoch",
+    "stratified_split",
+]
