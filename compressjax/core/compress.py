@@ -164,14 +164,27 @@ def _intercept(spec: Compression, seen: list[str], next_fun, args, kwargs, conte
 
 
 def apply_transform(module: nn.Module, prefix: str, transform: Any, x: Array) -> Array:
-  """Runs ``transform`` on ``x`` with state kept in ``module``'s scope under ``prefix``."""
-  params, stats_vars = site_state(module, prefix, transform, x)
-  stats = {k: v.value for k, v in stats_vars.items()}
-  if module.is_mutable_collection(STATS) and not module.is_initializing():
-    stats = transform.update(x, params, stats)
-    for k, v in stats.items():
-      stats_vars[k].value = v
-  return transform.fake(x, params, stats)
+  """Runs ``transform`` on ``x`` with state kept in ``module``'s scope under ``prefix``.
+
+  A ValueError from the transform (bad bits, group size, missing calibration) is re-raised
+  naming the site and the operand, so the user knows which layer to fix.
+  """
+  try:
+    params, stats_vars = site_state(module, prefix, transform, x)
+    stats = {k: v.value for k, v in stats_vars.items()}
+    if module.is_mutable_collection(STATS) and not module.is_initializing():
+      stats = transform.update(x, params, stats)
+      for k, v in stats.items():
+        stats_vars[k].value = v
+    return transform.fake(x, params, stats)
+  except ValueError as e:
+    if str(e).startswith("site "):
+      raise
+    operand = "kernel" if prefix == WEIGHT_PREFIX else "input"
+    raise ValueError(
+        f"site {path_str(module.path)!r} ({type(module).__name__} {operand} of shape "
+        f"{tuple(x.shape)}): {e}"
+    ) from e
 
 
 def site_state(module: nn.Module, prefix: str, transform: Any, x: Array):

@@ -1,0 +1,45 @@
+"""Named QAT recipes: which weight and activation quantizers a method uses, and its rules.
+
+``recipe_rules("lsq", sites, w_bits=4, a_bits=4)`` gives the rules most papers use: the first
+site keeps a float input and 8-bit weights, the last site 8-bit weights and inputs, every other
+site ``w_bits`` / ``a_bits``. Activation quantizers are unsigned (inputs follow a ReLU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from compressjax.core.rule import Rule, with_edges
+from compressjax.quant.dorefa import DoReFa
+from compressjax.quant.lsq import LSQ
+from compressjax.quant.pact import PACT
+from compressjax.quant.sat import SAT
+
+_RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
+    "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a)),
+    "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation", signed=False)),
+    "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation")),
+}
+METHODS = tuple(_RECIPES)
+
+
+def recipe(method: str, w_bits: int, a_bits: int) -> tuple[Any, Any]:
+  """(weight quantizer, activation quantizer) of ``method`` at the given bit-widths."""
+  if method not in _RECIPES:
+    raise ValueError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+  return _RECIPES[method](w_bits, a_bits)
+
+
+def recipe_rules(
+    method: str, sites: Sequence[Any], *, w_bits: int, a_bits: int, edge_bits: int = 8
+) -> list[Rule]:
+  """Rules for ``method``: ``w_bits``/``a_bits`` inside, ``edge_bits`` at the first/last site."""
+  weight, act = recipe(method, w_bits, a_bits)
+  edge_weight, edge_act = recipe(method, edge_bits, edge_bits)
+  return with_edges(
+      [Rule(pattern=".", weight=weight, act=act)],
+      sites,
+      first=Rule(pattern="", weight=edge_weight),
+      last=Rule(pattern="", weight=edge_weight, act=edge_act),
+  )
