@@ -1,0 +1,49 @@
+"""Training: TrainState, step builders, the resumable fit loop, orbax checkpoints, optimizers."""
+
+from compressjax.train.checkpoint import (Checkpoints, check_compatible, load_checkpoint,
+                                          restore_variables)
+from compressjax.train.classifier import (Setup, evaluate_workdir, param_count, setup,
+                                          train_classifier)
+from compressjax.train.evaluate import evaluate, pad_batch
+from compressjax.train.loop import FitResult, fit, total_steps
+from compressjax.train.metrics_log import MetricsLog, read_metrics
+from compressjax.train.optim import decay_mask, make_optimizer, make_schedule
+from compressjax.train.state import TrainState, Variables, create_train_state
+from compressjax.train.steps import (EvalStep, LossFn, TrainStep, accuracy, apply_gradients,
+                                     apply_model, cross_entropy, make_eval_step, make_train_step,
+                                     split_loss, step_rng)
+
+__all__ = [
+    "Checkpoints",
+    "EvalStep",
+    "FitResult",
+    "LossFn",
+    "MetricsLog",
+    "Setup",
+    "TrainState",
+    "TrainStep",
+    "Variables",
+    "accuracy",
+    "apply_gradients",
+    "apply_model",
+    "check_compatible",
+    "create_train_state",
+    "cross_entropy",
+    "decay_mask",
+    "evaluate",
+    "evaluate_workdir",
+    "fit",
+    "load_checkpoint",
+    "make_eval_step",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "pad_batch",
+    "param_count",
+    "read_metrics",
+    "restore_variables",
+    "setup",
+    "split_loss",
+    "step_rng",
+    "total_steps",
+]
