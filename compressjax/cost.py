@@ -11,7 +11,7 @@ Conventions:
   leading dimension of the first array argument), so they do not depend on the example batch.
 - Conv MACs = out_H * out_W * out_C * kh * kw * in_C / groups (strides, padding, dilation and
   depthwise convs all follow from the output shape and the kernel shape); ConvTranspose MACs =
-  in_H * in_W * kh * kw * in_C * out_C / groups; Dense MACs = tokens * in_features *
+  in_H * in_W * kh * kw * in_C * out_C; Dense MACs = tokens * in_features *
   out_features; Einsum MACs = the product of the sizes of all its indices. Bias adds, norms and
   activations are not counted.
 - Dot-product attention inside ``nn.MultiHeadDotProductAttention`` (QK^T and AV) has no weights,
@@ -207,7 +207,7 @@ def profile(model: nn.Module, *example_args, method: Callable | str | None = Non
   leaves, treedef = jax.tree.flatten((example_args, example_kwargs))
   is_array = [hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves]
   batch_size = _batch_size(example_args)
-  calls: list[tuple[str, str, Number, int, int, tuple, tuple, tuple]] = []
+  calls: list[Site] = []  # One per call, MACs for the whole batch.
   extra: dict[str, Number] = {}
 
   def interceptor(next_fun, args, kwargs, context):
@@ -249,8 +249,8 @@ def _batch_size(example_args: tuple) -> int:
                    f"(MACs are reported per example); got {example_args!r}")
 
 
-def _site_call(module: nn.Module, args: tuple, kwargs: dict, out: jax.Array) -> tuple:
-  """(path, kind, total MACs of the call, kernel params, bias params, kernel/in/out shapes)."""
+def _site_call(module: nn.Module, args: tuple, kwargs: dict, out: jax.Array) -> Site:
+  """The Site of one call, with the MACs of the whole traced batch."""
   params = meta.unbox(module.variables.get("params", {}))
   kernel = tuple(params["kernel"].shape)
   bias = math.prod(params["bias"].shape) if "bias" in params else 0
@@ -268,8 +268,8 @@ def _site_call(module: nn.Module, args: tuple, kwargs: dict, out: jax.Array) -> 
   else:
     eq = kwargs.get("einsum_str", args[1] if len(args) > 1 else None) or module.einsum_str
     macs = _einsum_macs(eq, x, params["kernel"])
-  return (path_str(module.path), kind, macs, math.prod(kernel), bias, kernel,
-          tuple(x.shape), tuple(out.shape))
+  return Site(path_str(module.path), kind, macs, math.prod(kernel), bias, kernel,
+              tuple(x.shape), tuple(out.shape))
 
 
 def _einsum_macs(eq: str, lhs: Any, rhs: Any) -> int:
@@ -294,18 +294,15 @@ def _per_example(macs: int, batch_size: int) -> Number:
   return macs // batch_size if macs % batch_size == 0 else macs / batch_size
 
 
-def _merge(calls: list[tuple], batch_size: int) -> tuple[Site, ...]:
-  """One Site per path (first-call order); a module called repeatedly sums its MACs."""
+def _merge(calls: list[Site], batch_size: int) -> tuple[Site, ...]:
+  """One Site per path (first-call order) with per-example MACs summed over repeated calls."""
   sites: dict[str, Site] = {}
-  for path, kind, macs, kparams, bparams, kshape, ishape, oshape in calls:
-    if path in sites:
-      s = sites[path]
-      sites[path] = dataclasses.replace(s, macs=s.macs + _per_example(macs, batch_size),
-                                        calls=s.calls + 1)
-    else:
-      sites[path] = Site(path, kind, _per_example(macs, batch_size), kparams, bparams, kshape,
-                         ishape, oshape)
-  return tuple(sites.values())
+  for c in calls:
+    s = sites.get(c.path)
+    sites[c.path] = c if s is None else dataclasses.replace(
+        s, macs=s.macs + c.macs, calls=s.calls + 1)
+  return tuple(dataclasses.replace(s, macs=_per_example(s.macs, batch_size))
+               for s in sites.values())
 
 
 def _lookup(bits: Bits, path: str) -> BitsValue:
