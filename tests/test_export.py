@@ -95,3 +95,13 @@ def test_size_report_counts_packed_bytes(toy_net, toy_input):
   assert report.per_leaf["params/mix/kernel"] == q.nbytes == 8 * 8 // 2 + 4
   assert report.qarray_bytes == q.nbytes
   assert report.total_bytes == report.qarray_bytes + report.float_bytes
+
+
+def test_static_quantizer_without_calibration_is_refused_then_calibration_fixes_it(toy_net, toy_input):
+  static = Uniform(bits=8, signed=False, symmetric=False, calibration="minmax", dynamic=False)
+  model = cc.compress(toy_net, [cc.Rule(pattern="head", act=static)])
+  variables = model.init(jax.random.key(0), toy_input)
+  with pytest.raises(ValueError, match="site 'head'.*never calibrated"):
+    model.apply(variables, toy_input)
+  calibrated = cc.calibrate(model, variables, [toy_input])
+  assert model.apply(calibrated, toy_input).shape == (2, 3)

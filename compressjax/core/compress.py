@@ -172,7 +172,11 @@ def apply_transform(module: nn.Module, prefix: str, transform: Any, x: Array) ->
   try:
     params, stats_vars = site_state(module, prefix, transform, x)
     stats = {k: v.value for k, v in stats_vars.items()}
-    if module.is_mutable_collection(STATS) and not module.is_initializing():
+    if module.is_initializing():
+      # The init forward pass sees stats as if calibrated on the init batch; the stored
+      # stats stay fresh, so static quantizers still demand real calibration.
+      return transform.fake(x, params, transform.update(x, params, stats))
+    if module.is_mutable_collection(STATS):
       stats = transform.update(x, params, stats)
       for k, v in stats.items():
         stats_vars[k].value = v

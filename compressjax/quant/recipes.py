@@ -14,12 +14,19 @@ from compressjax.core.rule import Rule, with_edges
 from compressjax.quant.dorefa import DoReFa
 from compressjax.quant.lsq import LSQ
 from compressjax.quant.pact import PACT
+from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.sat import SAT
+from compressjax.quant.uniform import Uniform
 
 _RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
     "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a)),
     "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation", signed=False)),
     "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation")),
+    # Post-training: per-channel weight ranges, activation ranges calibrated on data.
+    "uniform": lambda w, a: (
+        Uniform(bits=w, granularity=PER_CHANNEL),
+        Uniform(bits=a, signed=False, symmetric=False, calibration="minmax", dynamic=False),
+    ),
 }
 METHODS = tuple(_RECIPES)
 
