@@ -1,0 +1,170 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from compressjax import prune
+
+
+def make_params(seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  return {
+      "conv": {"kernel": jax.random.normal(k[0], (3, 3, 4, 8)), "bias": jnp.ones(8)},
+      "fc1": {"kernel": jax.random.normal(k[1], (32, 16))},
+      "fc2": {"kernel": 0.01 * jax.random.normal(k[2], (16, 8))},
+      "bn": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+  }
+
+
+def run(tx, params, steps, seed=0):
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s, key):
+    g = jax.tree.map(lambda x: jax.random.normal(key, x.shape), p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  for i in range(steps):
+    params, state = step(params, state, jax.random.fold_in(jax.random.key(seed), i))
+  return params, state
+
+
+@pytest.mark.parametrize("optimizer", [
+    optax.adamw(1e-2, weight_decay=0.1),
+    optax.sgd(0.05, momentum=0.9),
+], ids=["adamw_wd", "sgd_momentum"])
+def test_masked_weights_stay_exactly_zero_through_many_steps(optimizer):
+  params = make_params()
+  tx = optax.chain(optimizer, prune.magnitude(0.75, prune.polynomial(0, 30, 10),
+                                              skip_first_last=False))
+  params, state = run(tx, params, 50)
+  masks = prune.get_masks(state)
+  for path in ("conv", "fc1", "fc2"):
+    w, m = np.asarray(params[path]["kernel"]), np.asarray(masks[path]["kernel"])
+    assert np.all(w[~m] == 0.0)
+    assert np.all(w[m] != 0.0)
+    assert (~m).mean() == pytest.approx(0.75, abs=1e-3)
+  assert masks["conv"]["bias"] is None and masks["bn"]["scale"] is None
+  assert np.all(np.asarray(params["bn"]["scale"]) != 1.0)  # unpruned leaves still train
+
+
+def test_unmasked_updates_equal_the_optimizer_updates_exactly():
+  params = make_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  base = optax.adamw(1e-2, weight_decay=0.1)
+  tx = optax.chain(base, prune.magnitude(0.5, skip_first_last=False))
+  u_base, _ = base.update(grads, base.init(params), params)
+  u, _ = tx.update(grads, tx.init(params), params)
+  for a, b, p in zip(jax.tree.leaves(u), jax.tree.leaves(u_base), jax.tree.leaves(params)):
+    new = np.asarray(optax.apply_updates(p, a))
+    keep = new != 0
+    np.testing.assert_array_equal(np.asarray(a)[keep], np.asarray(b)[keep])
+
+
+def test_gradual_sparsity_follows_the_schedule():
+  params = make_params()
+  sched = prune.polynomial(0, 30, frequency=10)
+  tx = optax.chain(optax.sgd(1e-3), prune.magnitude(0.8, sched, skip_first_last=False))
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  update = jax.jit(tx.update)
+  for t in range(31):
+    u, state = update(zeros, state, params)
+    params = optax.apply_updates(params, u)
+    if t % 10 == 0:
+      sparsity = 1 - np.asarray(prune.get_masks(state)["fc1"]["kernel"]).mean()
+      expected = 0.8 * (1 - (1 - t / 30) ** 3)
+      assert sparsity == pytest.approx(expected, abs=1 / 512)
+
+
+def test_global_threshold_prunes_the_small_layer_harder_than_per_layer():
+  params = make_params()
+  _, per_layer = prune.prune_once(prune.magnitude(0.5, skip_first_last=False), params)
+  _, glob = prune.prune_once(prune.magnitude(0.5, scope="global", skip_first_last=False), params)
+  sparsity = lambda m, p: 1 - np.asarray(m[p]["kernel"]).mean()
+  for p in ("conv", "fc1", "fc2"):
+    assert sparsity(per_layer, p) == pytest.approx(0.5)
+  assert sparsity(glob, "fc2") == 1.0  # weights 100x smaller than the others
+  assert sparsity(glob, "conv") < 0.5 and sparsity(glob, "fc1") < 0.5
+  total = sum(np.asarray(glob[p]["kernel"]).size for p in ("conv", "fc1", "fc2"))
+  kept = sum(np.asarray(glob[p]["kernel"]).sum() for p in ("conv", "fc1", "fc2"))
+  assert 1 - kept / total == pytest.approx(0.5, abs=1 / total)
+
+
+def test_magnitude_keeps_the_largest_weights():
+  params = make_params()
+  pruned, masks = prune.prune_once(prune.magnitude(0.6, skip_first_last=False), params)
+  w, m = np.abs(np.asarray(params["fc1"]["kernel"])), np.asarray(masks["fc1"]["kernel"])
+  assert w[m].min() >= w[~m].max()
+  assert np.all(np.asarray(pruned["fc1"]["kernel"])[~m] == 0)
+
+
+def test_random_pruning_is_reproducible_from_its_key():
+  params = make_params()
+  tx = lambda k: prune.random(0.5, jax.random.key(k), skip_first_last=False)
+  m1 = prune.prune_once(tx(1), params)[1]["fc1"]["kernel"]
+  m2 = prune.prune_once(tx(1), params)[1]["fc1"]["kernel"]
+  m3 = prune.prune_once(tx(2), params)[1]["fc1"]["kernel"]
+  np.testing.assert_array_equal(m1, m2)
+  assert np.any(np.asarray(m1) != np.asarray(m3))
+  assert np.asarray(m1).mean() == pytest.approx(0.5)
+
+
+def test_saliency_uses_the_gradient():
+  params = {"a": {"kernel": jnp.ones((1, 4))}, "b": {"kernel": jnp.ones((4, 4))},
+            "c": {"kernel": jnp.ones((4, 1))}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["b"]["kernel"] = jnp.arange(16.0).reshape(4, 4)
+  _, masks = prune.prune_once(prune.saliency(0.25), params, grads)
+  expected = np.arange(16).reshape(4, 4) >= 4
+  np.testing.assert_array_equal(masks["b"]["kernel"], expected)
+  assert masks["a"]["kernel"] is None and masks["c"]["kernel"] is None  # first/last skipped
+
+
+def test_block_masks_are_whole_blocks():
+  params = make_params()
+  _, masks = prune.prune_once(prune.block(0.5, (4, 2), skip_first_last=False), params)
+  m = np.asarray(masks["fc1"]["kernel"]).reshape(8, 4, 8, 2)
+  per_block = m.all(axis=(1, 3))
+  np.testing.assert_array_equal(per_block, m.any(axis=(1, 3)))
+  assert per_block.mean() == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="conv/kernel with shape"):
+    prune.block(0.5, (3, 1), skip_first_last=False).init(params)
+
+
+def test_report_counts_and_bytes():
+  params = make_params()
+  pruned, masks = prune.prune_once(prune.magnitude(0.75, skip_first_last=False), params)
+  report = prune.sparsity_report(pruned, masks)
+  assert set(report["layers"]) == {"conv/kernel", "fc1/kernel", "fc2/kernel"}
+  fc1 = report["layers"]["fc1/kernel"]
+  assert (fc1["total"], fc1["nonzero"], fc1["dense_bytes"]) == (512, 128, 2048)
+  assert fc1["compressed_bytes"] == 128 * 4 + 512 // 8
+  assert report["pruned"]["sparsity"] == pytest.approx(0.75, abs=1e-3)
+  assert report["total"]["total"] == sum(x.size for x in jax.tree.leaves(params))
+  assert "fc1/kernel" in prune.format_report(report)
+
+
+def test_apply_masks_and_get_masks_errors():
+  params = make_params()
+  pruned, masks = prune.prune_once(prune.magnitude(0.5, skip_first_last=False), params)
+  again = prune.apply_masks(pruned, masks)
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(pruned)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="exactly one pruner"):
+    prune.get_masks(optax.adam(1e-3).init(params))
+  with pytest.raises(ValueError, match="needs the parameters"):
+    tx = prune.magnitude(0.5)
+    tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(sparsity=0.5, scope="net"), "scope"),
+    (dict(sparsity=0.5, allocation="lamp"), "allocation"),
+    (dict(sparsity=0.5, scope="global", allocation="erk"), "uniform"),
+])
+def test_bad_options_are_refused(kwargs, msg):
+  with pytest.raises(ValueError, match=msg):
+    prune.magnitude(**kwargs)

@@ -1,0 +1,61 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from compressjax import prune
+from compressjax.core.matching import UnusedRuleWarning
+
+
+class Net(nn.Module):
+  """Named layers whose alphabetical order is not the call order."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3), name="stem")(x)
+    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+    x = nn.Conv(4, (3, 3), name="body")(x).reshape(x.shape[0], -1)
+    x = nn.Dense(8, name="fc")(x)
+    return nn.Dense(3, name="head")(x)
+
+
+@pytest.fixture(scope="module")
+def net():
+  model = Net()
+  x = jnp.ones((1, 4, 4, 1))
+  return model, jax.eval_shape(lambda: model.init(jax.random.key(0), x)), x
+
+
+def test_candidates_are_kernels_only(net):
+  _, variables, _ = net
+  assert prune.kernel_paths(variables["params"]) == [
+      "body/kernel", "fc/kernel", "head/kernel", "stem/kernel"]
+
+
+def test_call_order_and_first_last_skip(net):
+  model, variables, x = net
+  order = prune.call_order(model, variables, x)
+  assert order == ["stem/kernel", "body/kernel", "fc/kernel", "head/kernel"]
+  assert prune.select(variables["params"], order=order) == ["body/kernel", "fc/kernel"]
+  assert len(prune.select(variables["params"], skip_first_last=False)) == 4
+
+
+def test_rules_first_match_wins_and_unmatched_stay_dense(net):
+  _, variables, _ = net
+  rules = [prune.Rule("fc", prune=False), prune.Rule("kernel")]
+  chosen = prune.select(variables["params"], rules, skip_first_last=False)
+  assert chosen == ["body/kernel", "head/kernel", "stem/kernel"]
+  assert prune.select(variables["params"], [prune.Rule("body")], skip_first_last=False) == [
+      "body/kernel"]
+
+
+def test_unused_rule_is_warned(net):
+  _, variables, _ = net
+  with pytest.warns(UnusedRuleWarning, match="convv"):
+    prune.magnitude(0.5, layers=[prune.Rule("convv")]).init(variables["params"])
+
+
+def test_bad_order_is_refused(net):
+  _, variables, _ = net
+  with pytest.raises(ValueError, match="not kernels"):
+    prune.select(variables["params"], order=["bn/scale"])
