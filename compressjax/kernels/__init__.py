@@ -5,7 +5,8 @@ exported for tests, benchmarks and callers who want to pin a path.
 """
 
 from compressjax.kernels._pallas import BlockConfig
-from compressjax.kernels.dispatch import BACKENDS, PALLAS_MAX_M, choose_backend, default_config, matmul
+from compressjax.kernels.dispatch import (BACKENDS, PALLAS_MAX_M, choose_backend, default_config,
+                                          matmul)
 from compressjax.kernels.w8a8 import quantize_rows, w8a8_matmul, w8a8_reference
 from compressjax.kernels.weight_only import weight_only_matmul, weight_only_reference
 from compressjax.kernels.xla import w8a8_xla, weight_only_xla

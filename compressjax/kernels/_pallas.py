@@ -81,9 +81,9 @@ def split_steps(blocks: int, split_k: int) -> tuple[int, int]:
   return cdiv(blocks, steps), steps
 
 
-def compiler_params(grid_rank: int, config: BlockConfig) -> Any:
-  """Compiler params for the current platform: Triton on GPU, Mosaic on TPU."""
-  platform = jax.default_backend()
+def compiler_params(grid_rank: int, config: BlockConfig, platform: str | None = None) -> Any:
+  """Compiler params for ``platform`` (default: the current one): Triton on GPU, Mosaic on TPU."""
+  platform = platform or jax.default_backend()
   if platform in ("gpu", "cuda", "rocm") and _pltriton is not None:
     cls = getattr(_pltriton, "CompilerParams", None) or getattr(_pltriton, "TritonCompilerParams")
     return cls(num_warps=config.num_warps, num_stages=config.num_stages)
@@ -91,7 +91,7 @@ def compiler_params(grid_rank: int, config: BlockConfig) -> Any:
     cls = getattr(_pltpu, "CompilerParams", None) or getattr(_pltpu, "TPUCompilerParams")
     return cls(dimension_semantics=("parallel",) * grid_rank)
   raise ValueError(
-      f"Pallas kernels compile only on GPU or TPU, but jax.default_backend() is {platform!r}; "
+      f"Pallas kernels compile only on GPU or TPU, but the platform is {platform!r}; "
       "pass interpret=True (or backend='interpret' to the dispatcher) to run them here"
   )
 

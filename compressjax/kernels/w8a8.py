@@ -55,6 +55,7 @@ def w8a8_matmul(
     out_dtype=jnp.float32,
     config: _pallas.BlockConfig | None = None,
     interpret: bool = False,
+    platform: str | None = None,
 ) -> Array:
   """Pallas W8A8 matmul.
 
@@ -68,6 +69,8 @@ def w8a8_matmul(
     out_dtype: float output dtype.
     config: tile sizes (``block_k`` = contraction rows per loop step).
     interpret: run in Pallas interpret mode (any platform).
+    platform: lower for "gpu" (Triton) or "tpu" (Mosaic) instead of ``jax.default_backend()``,
+      e.g. ahead-of-time with ``.lower(lowering_platforms=("cuda",))`` on a CPU host.
   """
   where = "w8a8_matmul"
   check_operands(x_q, x_scale, w_codes, w_scale, w_offset, where)
@@ -104,7 +107,7 @@ def w8a8_matmul(
       in_specs=in_specs,
       out_specs=out_spec,
       interpret=interpret,
-      compiler_params=None if interpret else _pallas.compiler_params(len(grid), config),
+      compiler_params=None if interpret else _pallas.compiler_params(len(grid), config, platform),
       name="w8a8_matmul",
   )(*operands)
   if splits > 1:

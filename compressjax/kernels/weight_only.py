@@ -48,11 +48,15 @@ def weight_only_matmul(
     config: _pallas.BlockConfig | None = None,
     out_dtype=None,
     interpret: bool = False,
+    platform: str | None = None,
 ) -> Array:
   """Pallas ``x (M, K) @ dequantize(w) (K, N)``; ``x`` float32/bfloat16/float16.
 
   The dequantized tile is cast to ``x.dtype`` before the dot (as the XLA fallback does), the
   accumulation is f32, and the result is cast to ``out_dtype`` (default ``x.dtype``).
+  ``config`` sets the tiles (see ``BlockConfig``); ``interpret`` runs the kernel in Pallas
+  interpret mode on any platform; ``platform`` ("gpu" / "tpu") lowers for another platform than
+  ``jax.default_backend()``, e.g. ahead-of-time from a CPU host.
   """
   check_operands(x, w, _WHERE)
   if not supports(w):
@@ -107,7 +111,7 @@ def weight_only_matmul(
       in_specs=in_specs,
       out_specs=out_spec,
       interpret=interpret,
-      compiler_params=None if interpret else _pallas.compiler_params(len(grid), config),
+      compiler_params=None if interpret else _pallas.compiler_params(len(grid), config, platform),
       name=f"w{bits}a{jnp.finfo(x.dtype).bits}_matmul",
   )(*operands)
   if splits > 1:

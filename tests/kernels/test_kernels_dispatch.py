@@ -76,7 +76,8 @@ class TestHeuristics:
     assert choose_backend(8, make_qarray(0, 256, 40, bits=4), platform="tpu") == "xla"
 
   def test_w8a8_needs_signed_per_channel_int8(self, make_qarray):
-    assert choose_backend(4, make_qarray(0, 256, 64, bits=8), act_bits=8, platform="gpu") == "pallas"
+    w8 = make_qarray(0, 256, 64, bits=8)
+    assert choose_backend(4, w8, act_bits=8, platform="gpu") == "pallas"
     grouped = make_qarray(0, 256, 64, bits=8, group_size=64)
     assert choose_backend(4, grouped, act_bits=8, platform="gpu") == "xla"
 

@@ -15,7 +15,8 @@ SMALL = BlockConfig(block_m=8, block_n=16, block_k=32, split_k=2)
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_matches_reference_every_bits_and_group(make_qarray, normal, close, bits, group_size):
   # Ragged M=3, N=40. Each bit-width meets f32 and bf16, with and without zero points.
-  zero_point, dtype = group_size in (None, 64), jnp.bfloat16 if group_size in (32, 128) else jnp.float32
+  zero_point = group_size in (None, 64)
+  dtype = jnp.bfloat16 if group_size in (32, 128) else jnp.float32
   w = make_qarray(bits * 10 + (group_size or 0), 256, 40, bits=bits, group_size=group_size,
                   signed=bits != 2, zero_point=zero_point)
   x = normal((3, 256), dtype, seed=bits)
