@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform as host_platform
 import re
@@ -87,6 +88,7 @@ def main() -> None:
       "platform": jax.default_backend(),
       "jax": jax.__version__,
       "host": host_platform.node() if args.record_host else None,
+      "host_load_avg_1m": os.getloadavg()[0],  # > CPU count: timings are contended, noisy
       "peak_bandwidth_bytes_per_s": peak,
       "peak_bandwidth_source": peak_source,
       "config": {

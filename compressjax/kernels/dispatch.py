@@ -83,14 +83,15 @@ def choose_backend(
   platform = _platform(platform or jax.default_backend())
   if platform not in PALLAS_MAX_M or m > PALLAS_MAX_M[platform]:
     return "xla"
+  group = weight_only.effective_group(w)
   if act_bits == 8:
     ok, rows = _w8a8_weight_ok(w), w.k
   else:
-    ok, rows = weight_only.supports(w) and _group_ok(w, platform), w.packed.shape[0]
+    ok, rows = weight_only.supports(w) and _group_ok(group, platform), w.packed.shape[0]
   if not ok:
     return "xla"
-  config = default_config(platform, m, w.n, rows, group=_group(w))
-  return "pallas" if _tiles_divide(config, w.n, rows, _group(w)) else "xla"
+  config = default_config(platform, m, w.n, rows, group=group)
+  return "pallas" if _tiles_divide(config, w.n, rows, group) else "xla"
 
 
 def default_config(
@@ -126,8 +127,9 @@ def _weight_only(x, w: QArray, backend: str, out_dtype, config) -> Array:
     return weight_only.weight_only_reference(x, w, out_dtype=out_dtype)
   if backend == "xla":
     return xla.weight_only_xla(x, w, out_dtype=out_dtype)
+  group = weight_only.effective_group(w)
   config = config or default_config(
-      _kernel_platform(backend), x.shape[0], w.n, w.packed.shape[0], group=_group(w))
+      _kernel_platform(backend), x.shape[0], w.n, w.packed.shape[0], group=group)
   return weight_only.weight_only_matmul(
       x, w, config=config, out_dtype=out_dtype, interpret=backend == "interpret")
 
@@ -174,14 +176,7 @@ def _w8a8_weight_ok(w: QArray) -> bool:
           and w.packed.dtype == jnp.uint8)
 
 
-def _group(w: QArray) -> int | None:
-  """The kernel's effective group: None when one scale row covers all of K."""
-  zero_rows = 1 if w.zero_point is None else w.zero_point.shape[0]
-  return w.group_size if max(w.scale.shape[0], zero_rows) > 1 else None
-
-
-def _group_ok(w: QArray, platform: str) -> bool:
-  group = _group(w)
+def _group_ok(group: int | None, platform: str) -> bool:
   if group is None:
     return True
   if platform == "gpu":

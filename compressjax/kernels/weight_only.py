@@ -68,8 +68,8 @@ def weight_only_matmul(
   out_dtype = jnp.dtype(out_dtype or x.dtype)
   m, n = x.shape[0], w.n
   per, bits = codes_per_byte(w.bits), w.bits
-  rows = _scale_rows(w)
-  group = w.group_size if rows > 1 else None  # None: one scale row for all of K
+  group = effective_group(w)
+  rows = w.k // group if group else 1
   plane = w.packed.shape[0]  # P: packed rows = rows of one plane
   bk = _pallas.round_up(config.block_k, group) if group else config.block_k
   splits, steps = _pallas.split_steps(_pallas.cdiv(plane, bk), config.split_k)
@@ -125,12 +125,12 @@ def _kernel(x_ref, w_ref, s_ref, *refs, bits, per, offset, bk, steps, plane_pad,
   o_ref = refs[-1]
   bm, bn = o_ref.shape[-2:]
   first_step = pl.program_id(2) * steps
-  rows = bk // group if group else 1  # scale rows that cover one plane's block
+  block_rows = bk // group if group else 1  # scale rows covering one plane's block
 
   def load_rows(ref, row):
     if not group:  # per channel: one (1, block_n) row for the whole K
       return ref[...]
-    return _expand_rows(ref[pl.ds(row, rows), :], bk)
+    return _expand_rows(ref[pl.ds(row, block_rows), :], bk)
 
   def step(t, acc):
     row0 = pl.multiple_of((first_step + t) * bk, bk)
@@ -167,10 +167,10 @@ def _plane_rows(a: Array, *, rows: int, n: int, per: int, plane: int, plane_pad:
   return _pallas.pad_to(a, (a.shape[0], n_pad))
 
 
-def _scale_rows(w: QArray) -> int:
-  """Rows of the (broadcast) scale/zero-point matrix: 1 or ``K // group_size``."""
+def effective_group(w: QArray) -> int | None:
+  """Rows of K sharing a scale/zero row in the kernel; None when one row covers all of K."""
   zero_rows = 1 if w.zero_point is None else w.zero_point.shape[0]
-  return max(w.scale.shape[0], zero_rows)
+  return w.group_size if max(w.scale.shape[0], zero_rows) > 1 else None
 
 
 def check_operands(x: Array, w: QArray, where: str) -> None:
