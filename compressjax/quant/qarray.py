@@ -163,7 +163,7 @@ class QArray:
   def dequantize(self, dtype: Any = jnp.float32) -> Array:
     """The float weight with its logical shape."""
     codes = self.codes().astype(jnp.float32)
-    groups = self.scale.shape[0]
+    groups = max(self.scale.shape[0], 1 if self.zero_point is None else self.zero_point.shape[0])
     codes = codes.reshape(groups, self.k // groups, self.n)
     if self.zero_point is not None:
       codes = codes - self.zero_point[:, None, :]
