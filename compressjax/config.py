@@ -93,7 +93,7 @@ def digits_cnn() -> Config:
       data=DataConfig(name="digits"),
       model=ModelConfig(name="cnn"),
       optim=OptimConfig(name="sgd", lr=0.05, weight_decay=5e-4, warmup_epochs=1.0),
-      train=TrainConfig(epochs=20, batch_size=32, log_every_steps=20),
+      train=TrainConfig(epochs=15, batch_size=32, log_every_steps=20),
   )
 
 
@@ -221,7 +221,8 @@ def _check_range(key: str, value: Any) -> None:
 def config_from_dict(data: Any, cls: type = Config, prefix: str = "") -> Any:
   """Rebuilds a (nested) config dataclass from ``dataclasses.asdict`` output, type-checked."""
   if not isinstance(data, dict):
-    raise ValueError(f"bad value for {prefix.rstrip('.') or cls.__name__}: {data!r} (expected a mapping)")
+    key = prefix.rstrip(".") or cls.__name__
+    raise ValueError(f"bad value for {key}: {data!r} (expected a mapping)")
   hints = typing.get_type_hints(cls)
   unknown = sorted(set(data) - set(hints))
   if unknown:

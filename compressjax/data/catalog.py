@@ -9,6 +9,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from compressjax.data._quiet import quiet_tfds
 from compressjax.data.digits import prepared_digits
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "compressjax", "tfds")
@@ -80,8 +81,10 @@ def prepared_builder(name: str, data_dir: str, download: bool = False) -> tfds.c
   spec = get_spec(name)
   if name == "digits":
     return prepared_digits(data_dir)
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
+  with quiet_tfds():
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+    prepared = builder.is_prepared()
+  if not prepared:
     if not download:
       raise FileNotFoundError(
           f"dataset {name!r} is not prepared in {data_dir}: {prepare_command(name, data_dir)}, "

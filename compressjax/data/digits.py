@@ -12,6 +12,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from compressjax.data._quiet import quiet_tfds
+
 
 class Digits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn digits (UCI optical recognition of handwritten digits, test part)."""
@@ -48,13 +50,14 @@ def prepared_digits(data_dir: str) -> Digits:
 
   A file lock makes concurrent first uses (parallel tests) prepare it once.
   """
-  builder = Digits(data_dir=data_dir, file_format="array_record")
-  if builder.is_prepared():
-    return builder
-  os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, ".digits.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with quiet_tfds():
     builder = Digits(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      builder.download_and_prepare()
+    if builder.is_prepared():
+      return builder
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".digits.lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      builder = Digits(data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        builder.download_and_prepare()
   return builder

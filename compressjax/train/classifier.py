@@ -39,8 +39,12 @@ class Setup:
   state: TrainState
 
 
-def setup(cfg: Config) -> Setup:
-  """Loads the data and builds model, optimizer and initial state (seeded by train.seed)."""
+def setup(cfg: Config, *, abstract: bool = False) -> Setup:
+  """Loads the data and builds model, optimizer and initial state (seeded by train.seed).
+
+  With ``abstract``, the state holds only shapes and dtypes (``jax.eval_shape``): enough to
+  restore a checkpoint into, without compiling the initialisation.
+  """
   d = cfg.data
   dataset = load_dataset(d.name, data_dir=d.data_dir, split_seed=d.split_seed,
                          image_size=d.image_size, in_memory=d.in_memory, download=d.download)
@@ -49,7 +53,8 @@ def setup(cfg: Config) -> Setup:
       cfg.optim, total_steps=total_steps(cfg.train, len(dataset.train)),
       steps_per_epoch=steps_per_epoch(len(dataset.train), cfg.train.batch_size))
   example = np.zeros((1, *dataset.input_shape), np.float32)
-  state = create_train_state(model, optimizer, example, jax.random.PRNGKey(cfg.train.seed))
+  init = lambda: create_train_state(model, optimizer, example, jax.random.PRNGKey(cfg.train.seed))
+  state = jax.eval_shape(init) if abstract else init()
   return Setup(cfg, dataset, model, optimizer, state)
 
 
@@ -61,9 +66,9 @@ def train_classifier(cfg: Config, workdir: str, *,
                      stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains (or resumes) ``cfg`` in ``workdir``; returns a summary with test accuracy."""
   workdir = os.path.abspath(workdir)
-  _claim_workdir(cfg, workdir)
   t0 = time.time()
-  s = setup(cfg)
+  s = setup(cfg)  # fails on bad data/model settings before the workdir is touched
+  _claim_workdir(cfg, workdir)
   augment = s.dataset.augment if cfg.data.augment == "default" else get_augment(cfg.data.augment)
   result = fit(s.state, make_train_step(s.model, s.optimizer), s.dataset.train, cfg.train,
                workdir=workdir, eval_step=make_eval_step(s.model), eval_data=s.dataset.test,
@@ -90,7 +95,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict[str, Any]:
     raise FileNotFoundError(f"{workdir} is not a training run (no {CONFIG_FILE}); "
                             "run `compressjax train --workdir DIR` first")
   cfg = load_config(path)
-  s = setup(cfg)
+  s = setup(cfg, abstract=True)
   state, _ = load_checkpoint(workdir, s.state, step)
   metrics = evaluate(make_eval_step(s.model), state, s.dataset.test, cfg.train.batch_size)
   return {"config": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name,

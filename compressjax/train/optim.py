@@ -17,7 +17,8 @@ def make_schedule(cfg: OptimConfig, *, total_steps: int, steps_per_epoch: int) -
   constant)."""
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
   if cfg.schedule == "cosine":
-    main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1), alpha=cfg.end_lr_factor)
+    main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1),
+                                       alpha=cfg.end_lr_factor)
   else:
     main = optax.constant_schedule(cfg.lr)
   if warmup == 0:
@@ -33,7 +34,10 @@ def decay_mask(params: Any) -> Any:
 
 def make_optimizer(cfg: OptimConfig, *, total_steps: int,
                    steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD (momentum, optional Nesterov) with decoupled-mask L2, or AdamW; optional clipping."""
+  """SGD (momentum, optional Nesterov) plus L2 weight decay, or AdamW; optional clipping.
+
+  Weight decay is masked by ``decay_mask`` in both cases.
+  """
   lr = make_schedule(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   if cfg.name == "sgd":
     parts = [optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),

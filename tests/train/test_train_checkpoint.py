@@ -18,9 +18,14 @@ def _state(features):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def initial():
+  return _state((8,))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, initial):
   workdir = tmp_path_factory.mktemp("ckpt")
-  state = _state((8,))
+  state = initial
   checkpoints = Checkpoints(str(workdir), max_to_keep=2)
   for step in (1, 2, 3):
     state = state.replace(step=jnp.asarray(step, jnp.int32))
@@ -31,21 +36,22 @@ def saved(tmp_path_factory):
   return str(workdir), state
 
 
-def test_round_trip(saved):
+def test_round_trip(saved, initial):
   workdir, state = saved
-  restored, meta = load_checkpoint(workdir, _state((8,)))
+  restored, meta = load_checkpoint(workdir, initial)
   assert meta == {"epoch": 3}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     assert np.array_equal(a, b)
   variables = restore_variables(workdir)
   assert set(variables) == {"params"}
-  np.testing.assert_array_equal(variables["params"]["head"]["kernel"], state.params["head"]["kernel"])
+  np.testing.assert_array_equal(variables["params"]["head"]["kernel"],
+                                state.params["head"]["kernel"])
 
 
 def test_other_widths_fail_with_paths_and_shapes(saved):
   workdir, _ = saved
   with pytest.raises(ValueError) as info:
-    load_checkpoint(workdir, _state((6,)))
+    load_checkpoint(workdir, jax.eval_shape(lambda: _state((6,))))
   message = str(info.value)
   assert "\n" not in message and "does not match the model" in message
   assert "params/dense0/kernel: checkpoint (64, 8) vs model (64, 6)" in message

@@ -38,9 +38,14 @@ OPT = optax.sgd(0.1, momentum=0.9)
 TRAIN_STEP, EVAL_STEP = make_train_step(MODEL, OPT), make_eval_step(MODEL)
 
 
+_INIT = {}
+
+
 def _run(workdir, cfg=CFG, **kwargs):
-  state = create_train_state(MODEL, OPT, jnp.zeros((1, 2, 2, 1)), jax.random.PRNGKey(cfg.seed))
-  return fit(state, TRAIN_STEP, TRAIN, cfg, workdir=str(workdir), eval_step=EVAL_STEP,
+  if cfg.seed not in _INIT:  # one (compiled) initialisation per seed
+    _INIT[cfg.seed] = create_train_state(MODEL, OPT, jnp.zeros((1, 2, 2, 1)),
+                                         jax.random.PRNGKey(cfg.seed))
+  return fit(_INIT[cfg.seed], TRAIN_STEP, TRAIN, cfg, workdir=str(workdir), eval_step=EVAL_STEP,
              eval_data=TEST, **kwargs)
 
 
@@ -99,3 +104,14 @@ def test_resume_with_other_batch_size_is_refused(reference):
   cfg = TrainConfig(**{**CFG.__dict__, "batch_size": 4})
   with pytest.raises(ValueError, match=r"cannot resume .*batch_size=8 \(now 4\)"):
     _run(reference_dir, cfg=cfg)
+
+
+def test_steps_override_epochs_and_eval_every_steps(tmp_path):
+  cfg = TrainConfig(**{**CFG.__dict__, "steps": 7, "eval_every_steps": 3,
+                       "eval_every_epochs": None, "log_every_steps": 100})
+  result = _run(tmp_path, cfg=cfg)
+  assert int(result.state.step) == 7 == result.total_steps
+  log = read_metrics(str(tmp_path))
+  assert [r["step"] for r in log if r["split"] == "eval"] == [3, 6, 7]
+  assert [r["step"] for r in log if r["split"] == "train"] == [5, 7]  # epoch end, run end
+  assert [r["epoch"] for r in log] == [0.6, 1.0, 1.2, 1.4, 1.4]
