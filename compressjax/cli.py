@@ -73,7 +73,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="compressjax", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      prog="compressjax", description="Train, evaluate and compress JAX/Flax classifiers.")
   parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
   commands = parser.add_subparsers(dest="command", required=True)
   overrides = dict(action="append", default=[], metavar="KEY=VALUE",
