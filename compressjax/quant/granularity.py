@@ -1,0 +1,137 @@
+"""Which elements share one scale: per tensor, per channel, per group of rows, per token.
+
+Weights are seen as the ``(K, N)`` matrix of :mod:`compressjax.quant.qarray` (``N`` = last axis =
+output channel, ``K`` = product of the other axes). Quantizers work on :meth:`Granularity.view`
+of a tensor, reduce statistics over :meth:`Granularity.reduce` (kept as broadcastable dims) and
+map the result back with :meth:`Granularity.unview`:
+
+- ``tensor``: the view is ``x``; statistics are scalars.
+- ``channel``: the view is ``x``; statistics have shape ``(1, ..., 1, N)`` (reduced over every
+  axis but the last). For weights that is per output channel; for activations per feature.
+  A rank-0/1 tensor is one column of the ``(K, N)`` view, so it falls back to per tensor.
+- ``group``: the view is ``(K // group_size, group_size, N)``; statistics ``(K // group_size, 1,
+  N)``: ``group_size`` consecutive rows of ``K`` share a scale (weights, as in W4A16 kernels).
+- ``token``: activations only, dynamic ranges only; statistics ``x.shape[:-1] + (1,)``: one
+  scale per row (token) along the last axis. Not exportable (it depends on the batch).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from compressjax.quant.qarray import as_matrix
+
+Array = jax.Array
+
+KINDS = ("tensor", "channel", "group", "token")
+REDUCTIONS = ("absmax", "min", "max", "mean_abs", "std", "percentile")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Granularity:
+  """How scales are shared; ``group_size`` is set exactly when ``kind == "group"``."""
+
+  kind: str = "tensor"
+  group_size: int | None = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"Granularity: kind={self.kind!r} is not allowed; use one of {KINDS}")
+    if self.kind == "group":
+      if not isinstance(self.group_size, int) or self.group_size <= 0:
+        raise ValueError(
+            f"Granularity: group_size={self.group_size!r} is not allowed; use a positive integer"
+        )
+    elif self.group_size is not None:
+      raise ValueError(
+          f"Granularity: group_size={self.group_size!r} is only allowed with kind='group' "
+          f"(got kind={self.kind!r})"
+      )
+
+  def view(self, x: Array) -> Array:
+    """``x`` reshaped so that statistics from :meth:`reduce` broadcast onto it."""
+    if self.kind != "group":
+      return x
+    k, n = as_matrix(x).shape
+    if k % self.group_size:
+      raise ValueError(
+          f"group_size={self.group_size} does not divide K={k} of the tensor of shape "
+          f"{tuple(x.shape)} (K = product of all axes but the last)"
+      )
+    return x.reshape(k // self.group_size, self.group_size, n)
+
+  def unview(self, v: Array, shape: tuple[int, ...]) -> Array:
+    """Inverse of :meth:`view`."""
+    return v.reshape(shape)
+
+  def axes(self, ndim: int) -> tuple[int, ...]:
+    """Axes of the view that one statistic reduces over."""
+    if self.kind == "channel" and ndim >= 2:
+      return tuple(range(ndim - 1))
+    if self.kind == "group":
+      return (1,)
+    if self.kind == "token":
+      if ndim == 0:
+        raise ValueError("Granularity 'token' needs a tensor with at least one axis")
+      return (ndim - 1,)
+    return tuple(range(ndim))
+
+  def reduce(self, v: Array, op: str, *, q: float | None = None) -> Array:
+    """Statistic ``op`` of the view ``v`` (see :data:`REDUCTIONS`), broadcastable onto ``v``.
+
+    ``percentile`` needs ``q`` in [0, 100]. Per-tensor statistics are scalars, so they also fit
+    activations whose batch shape changes between calls.
+    """
+    axes = self.axes(v.ndim)
+    keep = self.kind != "tensor"
+    if op == "absmax":
+      return jnp.max(jnp.abs(v), axis=axes, keepdims=keep)
+    if op == "min":
+      return jnp.min(v, axis=axes, keepdims=keep)
+    if op == "max":
+      return jnp.max(v, axis=axes, keepdims=keep)
+    if op == "mean_abs":
+      return jnp.mean(jnp.abs(v), axis=axes, keepdims=keep)
+    if op == "std":
+      return jnp.std(v, axis=axes, keepdims=keep)
+    if op == "percentile":
+      if q is None:
+        raise ValueError("Granularity.reduce: op='percentile' needs q in [0, 100]")
+      return jnp.percentile(v, q, axis=axes, keepdims=keep)
+    raise ValueError(f"Granularity.reduce: op={op!r} is not allowed; use one of {REDUCTIONS}")
+
+  def per_stat(self, shape: tuple[int, ...]) -> int:
+    """Number of elements of a tensor of ``shape`` that share one statistic."""
+    size = math.prod(shape)
+    if self.kind == "group":
+      return self.group_size
+    if self.kind == "tensor" or (self.kind == "channel" and len(shape) < 2):
+      return size
+    return size // shape[-1] if self.kind == "channel" else shape[-1]
+
+  def to_qarray(self, stat: Array, shape: tuple[int, ...]) -> Array:
+    """A statistic (scale, zero point) in QArray's canonical ``(1, 1)``/``(1, N)``/``(G, N)``.
+
+    A scalar is shared by the whole tensor whatever the granularity, so it becomes ``(1, 1)``.
+    """
+    if self.kind == "token":
+      raise ValueError(
+          "Granularity 'token' has batch-dependent scales and no QArray form; export weights "
+          "per tensor, channel or group"
+      )
+    stat = jnp.asarray(stat, jnp.float32)
+    if stat.ndim == 0 or self.kind == "tensor" or (self.kind == "channel" and len(shape) < 2):
+      return stat.reshape(1, 1)
+    return stat.reshape(-1, stat.shape[-1])
+
+
+PER_TENSOR = Granularity()
+PER_CHANNEL = Granularity(kind="channel")
+PER_TOKEN = Granularity(kind="token")
+
+
+def per_group(group_size: int) -> Granularity:
+  """``group_size`` consecutive rows of the ``(K, N)`` weight view share a scale."""
+  return Granularity(kind="group", group_size=group_size)

@@ -1,0 +1,112 @@
+"""SAT: scale-adjusted training (Jin, Yang & Liao, 2020).
+
+Weights: DoReFa's clamp ``w~ = tanh(w) / (2 max|tanh w|) + 1/2``, the grid
+``q = (min(floor(2^b w~), 2^b - 1) + c) / 2^b`` with ``c = 0`` ("modified": a lower-bit grid is
+the higher-bit grid with its low bits dropped) or ``c = 1/2`` ("centered"), ``Q = 2q - 1`` in
+[-1, 1], then the variance rule ``Q* = Q / (sqrt(n_out) * std(Q))`` with ``std`` under
+stop_gradient, so that ``Var[Q*] = 1 / n_out``. ``n_out`` is ``fan_out`` if given, else derived
+from a Flax kernel ``(*spatial, in, out)``: ``out * prod(spatial)`` (``out_features`` for a dense
+``(in, out)`` kernel, ``out_channels * k_h * k_w`` for a 2-D conv); set ``fan_out`` for other
+layouts (e.g. DenseGeneral). Floor has a straight-through gradient.
+
+Activations (``kind="activation"``): PACT, whose autodiff is SAT's calibrated gradient.
+
+Export: unsigned codes ``0..2^b-1``, zero point ``2^(b-1) - c`` and scale
+``2^(1-b) / (sqrt(n_out) std(Q))`` (the rescale folded into the scale).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from compressjax.quant._checks import check_granularity, check_kind
+from compressjax.quant.base import Quantizer, State
+from compressjax.quant.dorefa import tanh_to_unit
+from compressjax.quant.granularity import PER_TENSOR, Granularity
+from compressjax.quant.pact import ALPHA_INIT_DENSE, PACT
+from compressjax.quant.qarray import QArray
+from compressjax.quant.ste import floor_ste
+
+Array = jax.Array
+
+GRIDS = ("modified", "centered")
+
+
+def fan_out(shape: tuple[int, ...]) -> int:
+  """SAT's ``n_out`` of a Flax kernel ``(*spatial, in, out)``: ``out * prod(spatial)``."""
+  if len(shape) < 2:
+    return max(math.prod(shape), 1)
+  return shape[-1] * math.prod(shape[:-2])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SAT(Quantizer):
+  """SAT quantizer; see the module docstring.
+
+  Attributes:
+    bits: 2..16.
+    kind: ``"weight"`` (the rescaled DoReFa grid) or ``"activation"`` (PACT).
+    grid: weights: ``"modified"`` or ``"centered"``.
+    granularity: weights: what ``max|tanh w|`` is taken over (SAT: per tensor).
+    fan_out: weights: ``n_out`` of the variance rule; None derives it from the kernel shape.
+    alpha_init: activations: PACT's initial clip level (10.0 dense, 8.0 conv).
+  """
+
+  bits: int = 8
+  kind: str = "weight"
+  grid: str = "modified"
+  granularity: Granularity = PER_TENSOR
+  fan_out: int | None = None
+  alpha_init: float = ALPHA_INIT_DENSE
+
+  def validate(self) -> None:
+    super().validate()
+    check_kind(self, self.kind)
+    check_granularity(self, self.granularity, ("tensor", "channel", "group"))
+    if self.grid not in GRIDS:
+      raise ValueError(f"SAT: grid={self.grid!r} is not allowed; use one of {GRIDS}")
+    if self.fan_out is not None and (not isinstance(self.fan_out, int) or self.fan_out <= 0):
+      raise ValueError(f"SAT: fan_out={self.fan_out!r} is not allowed; use a positive int or None")
+    self._pact.validate()
+
+  @property
+  def _pact(self) -> PACT:
+    return PACT(bits=self.bits, alpha_init=self.alpha_init)
+
+  def init(self, x: Array) -> tuple[State, State]:
+    return self._pact.init(x) if self.kind == "activation" else ({}, {})
+
+  def fake(self, x: Array, params: State, stats: State) -> Array:
+    if self.kind == "activation":
+      return self._pact.fake(x, params, stats)
+    centered, scale, _ = self._centered_codes(x)
+    return self.granularity.unview(centered * scale, x.shape).astype(x.dtype)
+
+  def export(self, x: Array, params: State, stats: State) -> QArray:
+    if self.kind == "activation":
+      return self._pact.export(x, params, stats)
+    centered, scale, zero = self._centered_codes(x)
+    codes = self.granularity.unview(centered + zero, x.shape).astype(jnp.int32)
+    return QArray.from_codes(
+        codes,
+        jnp.reshape(scale, (1, 1)),
+        jnp.full((1, 1), zero, jnp.float32),
+        bits=self.bits,
+        signed=False,
+    )
+
+  def _centered_codes(self, x: Array) -> tuple[Array, Array, float]:
+    """``(codes - zero_point, scale, zero_point)`` on the view of ``x``; STE on the codes."""
+    levels = 2**self.bits
+    v = self.granularity.view(x.astype(jnp.float32))
+    f = floor_ste(levels * tanh_to_unit(v, self.granularity))
+    # Only w~ = 1 (and w~ a rounding error below 0) leave 0..2^b-1; the rest keep f's gradient.
+    codes = jnp.where(f < 0, 0.0, jnp.where(f > levels - 1, levels - 1, f))
+    zero = levels / 2 - (0.5 if self.grid == "centered" else 0.0)
+    step = 2.0 / levels  # Q = (codes - zero) * step in [-1, 1]
+    std = jax.lax.stop_gradient(jnp.std((codes - zero) * step))
+    std = jnp.where(std > 0, std, 1.0)  # a constant tensor has no spread to normalise
+    n_out = self.fan_out or fan_out(x.shape)
+    return codes - zero, step / (math.sqrt(n_out) * std), zero
