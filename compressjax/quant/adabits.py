@@ -1,0 +1,307 @@
+"""AdaBits (Jin, Yang & Liao, 2020): one model, several bit-widths.
+
+One shared set of conv/dense weights. Per bit-width ``b`` in ``bits_list``:
+
+* its own quantizer state at every site (the "switchable clipping level", S-CL: one PACT alpha
+  per bit-width), held by :class:`Switchable`, and
+* its own BatchNorm statistics and affine parameters ("switchable BN"), held by
+  :class:`SwitchableBN`, an extra interceptor that renames every ``nn.BatchNorm`` variable to
+  ``<name>_b<bits>`` for the call, so the user's model is unmodified.
+
+All switches exist from ``init``; the active bit-width is a static field, so ``at_bits(model, b)``
+is the same model (same variables) running at ``b`` (one compilation per bit-width). Joint
+training sums the losses over ``bits_list`` inside one ``value_and_grad`` and takes one optimizer
+step (:func:`make_joint_step`). Start from a float model with :func:`init_from_float`, which
+copies its BatchNorm into every switch.
+
+Baseline "direct adaptation": a model trained at one bit-width run at another, with its switch
+copied (:func:`copy_switch`), optionally after :func:`recalibrate_bn`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+
+from compressjax.core.compress import compress, shadowed, with_compression
+from compressjax.core.rule import Rule, with_edges
+from compressjax.core.sites import discover
+from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
+                                              start_from_float)
+from compressjax.quant.base import Quantizer
+from compressjax.train.state import TrainState
+from compressjax.train.steps import (Batch, LossFn, Metrics, accuracy, apply_gradients,
+                                     apply_model, cross_entropy, split_loss, step_rng)
+
+Array = jax.Array
+State = dict[str, Array]
+
+
+def suffix(bits: int) -> str:
+  """The name suffix of a bit-width's switch: ``scale`` -> ``scale_b4``."""
+  return f"_b{bits}"
+
+
+def check_bits_list(bits_list: Sequence[int], bit_range: tuple[int, int], owner: str = "bits_list") -> tuple[int, ...]:
+  """``bits_list`` as a tuple; ValueError unless it is non-empty, strictly decreasing and in range."""
+  bits = tuple(bits_list)
+  if not bits:
+    raise ValueError(f"{owner} is empty; give bit-widths from high to low, e.g. (8, 4, 3, 2)")
+  bad = [b for b in bits if not isinstance(b, int) or isinstance(b, bool)]
+  if bad:
+    raise TypeError(f"{owner}={bits} holds non-integers {bad}; bit-widths are ints")
+  if len(set(bits)) != len(bits):
+    raise ValueError(f"{owner}={bits} has duplicates; each bit-width may appear once")
+  if list(bits) != sorted(bits, reverse=True):
+    raise ValueError(
+        f"{owner}={bits} is not sorted from high to low; use {tuple(sorted(bits, reverse=True))}"
+    )
+  lo, hi = bit_range
+  out = [b for b in bits if not lo <= b <= hi]
+  if out:
+    raise ValueError(f"{owner}={bits}: {out} outside the quantizer's allowed range {lo}..{hi}")
+  return bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Switchable:
+  """A transform holding one quantizer per bit-width; only ``active`` runs.
+
+  State keys get the bit-width suffix (``alpha`` -> ``alpha_b4``); every switch's state is
+  created at ``init``, ``update`` touches only the active one's.
+
+  Attributes:
+    quantizers: one per bit-width, in strictly decreasing bit order.
+    active: the bit-width in use (one of the quantizers' bits).
+  """
+
+  quantizers: tuple[Quantizer, ...]
+  active: int
+
+  def __post_init__(self):
+    if not self.quantizers:
+      raise ValueError("Switchable needs at least one quantizer (bits_list is empty)")
+    check_bits_list(self.bits, self.quantizers[0].bit_range(), "Switchable bits")
+    if self.active not in self.bits:
+      raise ValueError(f"Switchable: active={self.active!r} is not one of the bit-widths {self.bits}")
+
+  @property
+  def bits(self) -> tuple[int, ...]:
+    return tuple(q.bits for q in self.quantizers)
+
+  def at(self, bits: int) -> Switchable:
+    return dataclasses.replace(self, active=bits)
+
+  def init(self, x: Array) -> tuple[State, State]:
+    params, stats = {}, {}
+    for q in self.quantizers:
+      p, s = q.init(x)
+      params.update(_with_suffix(p, q.bits))
+      stats.update(_with_suffix(s, q.bits))
+    return params, stats
+
+  def update(self, x: Array, params: State, stats: State) -> State:
+    q = self._active
+    new = q.update(x, _own(params, q.bits), _own(stats, q.bits))
+    return {**stats, **_with_suffix(new, q.bits)}
+
+  def fake(self, x: Array, params: State, stats: State) -> Array:
+    q = self._active
+    return q.fake(x, _own(params, q.bits), _own(stats, q.bits))
+
+  def export(self, x: Array, params: State, stats: State):
+    q = self._active
+    return q.export(x, _own(params, q.bits), _own(stats, q.bits))
+
+  @property
+  def _active(self) -> Quantizer:
+    return self.quantizers[self.bits.index(self.active)]
+
+
+def _with_suffix(state: State, bits: int) -> State:
+  return {k + suffix(bits): v for k, v in state.items()}
+
+
+def _own(state: State, bits: int) -> State:
+  end = suffix(bits)
+  return {k[: -len(end)]: v for k, v in state.items() if k.endswith(end)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchableBN:
+  """Interceptor: every ``nn.BatchNorm`` call keeps one set of variables per bit-width.
+
+  For the duration of the call the module's ``param`` and ``variable`` are shadowed so that
+  ``scale``/``bias``/``mean``/``var`` become ``<name>_b<bits>``; all switches are created (at
+  init) or looked up, and the active one is used, so only its statistics are updated.
+  """
+
+  bits: tuple[int, ...]
+  active: int
+
+  def __post_init__(self):
+    if self.active not in self.bits:
+      raise ValueError(f"SwitchableBN: active={self.active!r} is not one of {self.bits}")
+
+  def at(self, bits: int) -> SwitchableBN:
+    return dataclasses.replace(self, active=bits)
+
+  def __call__(self, next_fun, args, kwargs, context):
+    module = context.module
+    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"):
+      return next_fun(*args, **kwargs)
+    read_param, read_variable = module.param, module.variable
+
+    def param(name, *init_args, **init_kwargs):
+      switches = {b: read_param(name + suffix(b), *init_args, **init_kwargs) for b in self.bits}
+      return switches[self.active]
+
+    def variable(col, name, *init_args, **init_kwargs):
+      switches = {b: read_variable(col, name + suffix(b), *init_args, **init_kwargs) for b in self.bits}
+      return switches[self.active]
+
+    with shadowed(module, {"param": param, "variable": variable}):
+      return next_fun(*args, **kwargs)
+
+
+def adabits(
+    model: nn.Module,
+    bits_list: Sequence[int],
+    x: Array,
+    *,
+    method: Method = DEFAULT_METHOD,
+    edge_bits: int | None = 8,
+) -> nn.Module:
+  """``model`` with switchable quantizers and switchable BatchNorm, active at ``max(bits_list)``.
+
+  Args:
+    model: an unmodified float Linen model.
+    bits_list: bit-widths from high to low, e.g. ``(8, 4, 3, 2)`` (weights and activations).
+    x: an example input (finds the sites; the first and last are the edges).
+    method: the quantizers: a ``compressjax.quant.recipes`` name (``"sat"``, ``"dorefa_pact"``,
+      ``"lsq"``), ``"sat_centered"`` (default) or ``(w_bits, a_bits) -> (weight, act)``.
+    edge_bits: the first site's weights and the last site's weights and inputs stay at this
+      fixed bit-width in every switch (None: float); the first site's input stays float.
+  """
+  weights, acts = zip(*(quantizers(method, b, b) for b in _probe_bits(bits_list, method)))
+  bits = tuple(q.bits for q in weights)
+  w, a = Switchable(weights, bits[0]), Switchable(acts, bits[0])
+  sites = discover(model, x)
+  if edge_bits is None:
+    rules = with_edges([Rule(pattern=".", weight=w, act=a)], sites)
+  else:
+    rules = edge_rules(sites, w, a, method=method, edge_bits=edge_bits)
+  return compress(model, rules, interceptors=(SwitchableBN(bits, bits[0]),))
+
+
+def _probe_bits(bits_list: Sequence[int], method: Method) -> tuple[int, ...]:
+  """Validates ``bits_list`` against ``method``'s weight and activation quantizers."""
+  probe = quantizers(method, 8, 8)
+  lo = max(q.bit_range()[0] for q in probe)
+  hi = min(q.bit_range()[1] for q in probe)
+  return check_bits_list(bits_list, (lo, hi))
+
+
+def bits_of(model: nn.Module) -> tuple[int, ...]:
+  """The ``bits_list`` of an AdaBits model (from its SwitchableBN interceptor)."""
+  spec = getattr(model, "compression", None)
+  for interceptor in () if spec is None else spec.interceptors:
+    if isinstance(interceptor, SwitchableBN):
+      return interceptor.bits
+  raise TypeError(f"{type(model).__name__} is not an AdaBits model (build it with adabits())")
+
+
+def at_bits(model: nn.Module, bits: int) -> nn.Module:
+  """The same AdaBits model (same variables) running at ``bits``."""
+  allowed = bits_of(model)
+  if bits not in allowed:
+    raise ValueError(f"at_bits: bits={bits!r} is not one of the model's bit-widths {allowed}")
+  spec = model.compression
+  rules = tuple(
+      dataclasses.replace(
+          r,
+          weight=r.weight.at(bits) if isinstance(r.weight, Switchable) else r.weight,
+          act=r.act.at(bits) if isinstance(r.act, Switchable) else r.act,
+      )
+      for r in spec.rules
+  )
+  interceptors = tuple(i.at(bits) if isinstance(i, SwitchableBN) else i for i in spec.interceptors)
+  return with_compression(model, rules=rules, interceptors=interceptors)
+
+
+def init_from_float(model: nn.Module, float_variables: dict, x: Array, **kwargs: Any) -> dict:
+  """AdaBits variables from a float model's: its BatchNorm copied into every switch.
+
+  ``kwargs`` go to :func:`compressjax.quant._mixed_common.start_from_float` (PACT init).
+  """
+  return start_from_float(model, float_variables, x, **kwargs)
+
+
+def copy_switch(variables: Any, src: int, dst: int) -> Any:
+  """``variables`` with every ``<name>_b<src>`` leaf also written to ``<name>_b<dst>``.
+
+  Builds the direct-adaptation baseline: a model trained at ``src`` bits run at ``dst`` with
+  the same BatchNorm and clip levels.
+  """
+  if not isinstance(variables, dict):
+    return variables
+  out = {k: copy_switch(v, src, dst) for k, v in variables.items()}
+  end = suffix(src)
+  for k, v in variables.items():
+    if k.endswith(end) and not isinstance(v, dict):
+      out[k[: -len(end)] + suffix(dst)] = v
+  return out
+
+
+def make_joint_step(
+    model: nn.Module, optimizer: optax.GradientTransformation, loss_fn: LossFn = cross_entropy
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """A jitted AdaBits step: the sum over ``bits_list`` of the losses at each bit-width, one
+  ``value_and_grad`` and one optimizer step. Each bit-width updates only its own BatchNorm
+  statistics. Metrics: ``loss`` (the sum), ``loss_b<bits>`` and ``accuracy_b<bits>``.
+  """
+  models = [(b, at_bits(model, b)) for b in bits_of(model)]
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def objective(params):
+      model_state, total, metrics = state.model_state, 0.0, {}
+      for b, m in models:
+        logits, model_state = apply_model(m, params, model_state, batch["image"], train=True,
+                                          rng=step_rng(state))
+        loss, extras = split_loss(loss_fn(logits, batch["label"]))
+        total = total + loss
+        metrics.update({f"loss_b{b}": loss, f"accuracy_b{b}": accuracy(logits, batch["label"]),
+                        **{f"{k}_b{b}": v for k, v in extras.items()}})
+      return total, (model_state, metrics)
+
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    return apply_gradients(state, optimizer, grads, model_state), {"loss": loss, **metrics}
+
+  return jax.jit(step)
+
+
+def recalibrate_bn(model: nn.Module, variables: dict, images: Iterable[Array]) -> dict:
+  """``variables`` with the active switch's BatchNorm statistics re-estimated on ``images``.
+
+  Runs the model in training mode with only ``batch_stats`` mutable (no gradient, quantizer
+  state untouched); BatchNorm's running average moves with its own momentum, so pass enough
+  batches (tens) for the old statistics to fade.
+  """
+
+  @jax.jit
+  def step(variables, x):
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return {**variables, **updates}
+
+  n = 0
+  for x in images:
+    variables = step(variables, x)
+    n += 1
+  if n == 0:
+    raise ValueError("recalibrate_bn needs at least one batch of images; got none")
+  return variables

@@ -1,0 +1,360 @@
+"""FracBits (Yang & Jin, 2021): learnable fractional bit-widths under a BitOPs or size budget.
+
+Every searchable operand (a site's kernel, or its input after the PACT clip) has a learnable
+bit-width ``lambda`` (one per layer, or one per output channel: "kernel-wise"), clamped to
+``[min_bits, max_bits]`` and initialised to ``target_bits + 0.5``. With ``f = floor(lambda)``::
+
+    W^ = (lambda - f) * Q_{f+1}(w) + (1 + f - lambda) * Q_f(w)
+
+where ``Q_k`` is the base quantizer (SAT, DoReFa, PACT, ...) at ``k`` bits and ``Q_0 = 0``
+(pruning in the same framework). ``f`` has no gradient and ``Q`` uses STE, so
+``d W^ / d lambda = Q_{f+1}(w) - Q_f(w)``.
+
+The search minimises ``CE + kappa * |cost(lambda) - target|`` (:class:`Budget`; cost is
+``sum_l MACs_l * lambda_w_l * lambda_a_l``, or the model size), then :func:`harden` rounds,
+``lambda <- round(lambda + offset)`` with ``offset`` found by bisection so the integer model's
+cost is within ``tol`` (1%) of the target, preferably at or under it, and returns a
+:class:`~compressjax.quant.mixed_report.BitAllocation`; :func:`~compressjax.quant.mixed_report.rules_from_json`
+turns it into fixed-bit rules for fine-tuning. The first site keeps ``edge_bits`` weights and a
+float input, the last site ``edge_bits`` weights and inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from compressjax.core.compress import INPUT_PREFIX, WEIGHT_PREFIX, compress
+from compressjax.core.matching import path_str
+from compressjax.core.sites import discover
+from compressjax.cost import Profile
+from compressjax.quant._mixed_budget import Budget, check_profile
+from compressjax.quant._mixed_common import DEFAULT_METHOD, Method, edge_rules, quantizers
+from compressjax.quant._mixed_interp import ChannelBits, check_levels, mix
+from compressjax.quant.adabits import Switchable
+from compressjax.quant.base import Quantizer
+from compressjax.quant.mixed_report import BitAllocation
+from compressjax.train.state import TrainState
+from compressjax.train.steps import (Batch, LossFn, Metrics, accuracy, apply_gradients,
+                                     apply_model, cross_entropy, split_loss, step_rng)
+
+Array = jax.Array
+State = dict[str, Array]
+LAMBDA = "lambda"
+
+__all__ = ["Budget", "ChannelBits", "FracBits", "clamp_lambdas", "fracbits", "harden",
+           "make_search_step", "search_cost", "site_bits"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FracBits:
+  """A transform with a learnable fractional bit-width ``lambda`` (see the module docstring).
+
+  State: ``params = {"lambda": (), or (channels,), **base params}`` (PACT's ``alpha`` keeps
+  its name, so a fixed-bit model built from the allocation can take it over), ``stats`` the
+  base's.
+
+  Attributes:
+    base: the quantizer interpolated; its ``bits`` field is ignored.
+    min_bits, max_bits: the clamp of ``lambda`` (0 means the operand may be zeroed).
+    init_bits: initial ``lambda`` (FracBits: target + 0.5).
+    channels: one ``lambda`` per output channel (last axis; "kernel-wise", weights only).
+  """
+
+  base: Quantizer
+  init_bits: float
+  min_bits: int = 2
+  max_bits: int = 8
+  channels: bool = False
+
+  def __post_init__(self):
+    if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int)
+            and self.min_bits < self.max_bits):
+      raise ValueError(
+          f"FracBits: min_bits={self.min_bits!r}, max_bits={self.max_bits!r}; use integers with "
+          "min_bits < max_bits"
+      )
+    check_levels("FracBits", self.base, self.min_bits, self.max_bits)
+    if not self.min_bits <= self.init_bits <= self.max_bits:
+      raise ValueError(
+          f"FracBits: init_bits={self.init_bits!r} is outside [{self.min_bits}, {self.max_bits}]"
+      )
+
+  def clamp(self, lam: Array) -> Array:
+    return jnp.clip(lam, self.min_bits, self.max_bits)
+
+  def init(self, x: Array) -> tuple[State, State]:
+    params, stats = self.base.init(x)
+    if LAMBDA in params:
+      raise ValueError(f"FracBits: the base quantizer already has a parameter named {LAMBDA!r}")
+    shape = (x.shape[-1],) if self.channels else ()
+    return {**params, LAMBDA: jnp.full(shape, self.init_bits, jnp.float32)}, stats
+
+  def update(self, x: Array, params: State, stats: State) -> State:
+    return self.base.update(x, _base(params), stats)
+
+  def fake(self, x: Array, params: State, stats: State) -> Array:
+    bits = self.clamp(params[LAMBDA])
+    return mix(self.base, x, _base(params), stats, bits, self.min_bits, self.max_bits)
+
+
+def _base(params: State) -> State:
+  return {k: v for k, v in params.items() if k != LAMBDA}
+
+
+def fracbits(
+    model: nn.Module,
+    x: Array,
+    *,
+    target_bits: float = 3.0,
+    min_bits: int = 2,
+    max_bits: int = 8,
+    kernel_wise: bool = False,
+    method: Method = DEFAULT_METHOD,
+    edge_bits: int = 8,
+) -> nn.Module:
+  """``model`` with FracBits weight and activation bit-widths at every site but the edges.
+
+  Args:
+    model: an unmodified float Linen model; ``x`` an example input (finds the sites).
+    target_bits: the bit-width the budget corresponds to; lambdas start at ``target + 0.5``.
+    min_bits, max_bits: the allowed range of every searchable bit-width.
+    kernel_wise: one weight bit-width per output channel instead of per layer.
+    method: the quantizers interpolated (see ``adabits``; default ``"sat_centered"``).
+    edge_bits: fixed bits of the first site's weights and the last site's weights and inputs.
+  """
+  if edge_bits < max(8, min_bits):
+    raise ValueError(f"fracbits: edge_bits={edge_bits!r}; FracBits keeps the first and last "
+                     "layer at >= 8 bits")
+  w_base, a_base = quantizers(method, max_bits, max_bits)
+  init = min(target_bits + 0.5, max_bits)
+  common = dict(min_bits=min_bits, max_bits=max_bits, init_bits=init)
+  weight = FracBits(base=w_base, channels=kernel_wise, **common)
+  act = FracBits(base=a_base, **common)
+  return compress(model, edge_rules(discover(model, x), weight, act, method=method,
+                                    edge_bits=edge_bits))
+
+
+def _node(params: Any, path: str) -> dict:
+  for part in path.split("/"):
+    params = params[part]
+  return params
+
+
+def _kernel_sites(params: Any, prefix: tuple[str, ...] = ()) -> list[str]:
+  """Module paths of ``params`` that hold a ``kernel`` (the sites of a Linen model)."""
+  out = [path_str(prefix)] if "kernel" in params else []
+  for k, v in params.items():
+    if isinstance(v, dict):
+      out += _kernel_sites(v, (*prefix, k))
+  return out
+
+
+def _operand_bits(t: Any, node: dict | None, prefix: str, at_min: bool) -> Any:
+  """Bits of one operand: FracBits from its lambda (or its min), fixed quantizers their bits."""
+  if t is None:
+    return None
+  if isinstance(t, FracBits):
+    return t.min_bits if at_min else t.clamp(node[prefix + LAMBDA])
+  if isinstance(t, ChannelBits):
+    return np.asarray(t.bits, np.float32)
+  if isinstance(t, Switchable):
+    return t.active
+  if isinstance(getattr(t, "bits", None), int):
+    return t.bits
+  raise TypeError(f"cannot tell the bit-width of transform {t!r}; use quantizers, Switchable, "
+                  "FracBits or ChannelBits")
+
+
+def site_bits(model: nn.Module, params: Any, profile: Profile, *, at_min: bool = False) -> tuple[dict, dict]:
+  """Per-site ``(w_bits, a_bits)`` of a compressed model (``None``: float operand).
+
+  FracBits operands give their clamped lambdas (jnp, differentiable), or their ``min_bits``
+  with ``at_min``. Raises ValueError if a layer of ``params`` has no entry in ``profile``.
+  """
+  spec = getattr(model, "compression", None)
+  if spec is None:
+    raise TypeError(f"{type(model).__name__} is not a compressed model (use fracbits() first)")
+  if params is not None:
+    check_profile(profile, _kernel_sites(params))
+  w_bits, a_bits = {}, {}
+  for path in profile.paths:
+    rule = spec.rule_for(path)
+    node = None if params is None else _node(params, path)
+    w_bits[path] = _operand_bits(rule and rule.weight, node, WEIGHT_PREFIX, at_min)
+    a_bits[path] = _operand_bits(rule and rule.act, node, INPUT_PREFIX, at_min)
+  return w_bits, a_bits
+
+
+def search_cost(model: nn.Module, params: Any, profile: Profile, budget: Budget) -> Any:
+  """The budget's cost of the model's current (fractional) bits; differentiable in params."""
+  return budget.cost(profile, *site_bits(model, params, profile))
+
+
+def check_budget(model: nn.Module, params: Any, profile: Profile, budget: Budget) -> None:
+  """ValueError if the budget is below what the allowed bits can reach."""
+  min_cost = budget.cost(profile, *site_bits(model, params, profile, at_min=True))
+  budget.check_reachable(min_cost, "every searchable bit-width at its min_bits")
+
+
+def clamp_lambdas(model: nn.Module, params: Any) -> Any:
+  """``params`` with every FracBits lambda projected onto its ``[min_bits, max_bits]``.
+
+  Run after each optimizer step: the forward pass clamps too, but a lambda left outside the
+  range would get no gradient back into it.
+  """
+  spec = model.compression
+
+  def project(path, leaf):
+    keys = [str(getattr(k, "key", k)) for k in path]
+    name, site = keys[-1], "/".join(keys[:-1])
+    for prefix, operand in ((WEIGHT_PREFIX, "weight"), (INPUT_PREFIX, "act")):
+      if name == prefix + LAMBDA:
+        t = getattr(spec.rule_for(site), operand)
+        return t.clamp(leaf) if isinstance(t, FracBits) else leaf
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(project, params)
+
+
+def make_search_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    profile: Profile,
+    budget: Budget,
+    params: Any,
+    loss_fn: LossFn = cross_entropy,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """A jitted FracBits search step: ``loss_fn + budget.penalty(cost)``, one optimizer step,
+  lambdas clamped. ``params`` (e.g. the initial ones) are used to check the budget is
+  reachable and every layer is profiled. Metrics: loss, ce, accuracy, cost, penalty.
+  """
+  check_budget(model, params, profile, budget)
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def objective(p):
+      logits, model_state = apply_model(model, p, state.model_state, batch["image"], train=True,
+                                        rng=step_rng(state))
+      ce, extras = split_loss(loss_fn(logits, batch["label"]))
+      cost = search_cost(model, p, profile, budget)
+      penalty = budget.penalty(cost)
+      metrics = {"ce": ce, "cost": cost, "penalty": penalty,
+                 "accuracy": accuracy(logits, batch["label"]), **extras}
+      return ce + penalty, (model_state, metrics)
+
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    state = apply_gradients(state, optimizer, grads, model_state)
+    return state.replace(params=clamp_lambdas(model, state.params)), {"loss": loss, **metrics}
+
+  return jax.jit(step)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unit:
+  """One searchable operand: its site, which operand, its clamp and its current lambda."""
+
+  path: str
+  operand: str  # "w" or "a"
+  lo: int
+  hi: int
+  lam: np.ndarray
+
+
+def _units(model: nn.Module, params: Any, profile: Profile) -> list[_Unit]:
+  out = []
+  for path in profile.paths:
+    rule = model.compression.rule_for(path)
+    for operand, t, prefix in (("w", rule and rule.weight, WEIGHT_PREFIX),
+                               ("a", rule and rule.act, INPUT_PREFIX)):
+      if isinstance(t, FracBits):
+        lam = np.asarray(t.clamp(_node(params, path)[prefix + LAMBDA]), np.float64)
+        out.append(_Unit(path, operand, t.min_bits, t.max_bits, lam))
+  return out
+
+
+def harden(
+    model: nn.Module,
+    params: Any,
+    profile: Profile,
+    budget: Budget,
+    *,
+    tol: float = 0.01,
+    steps: int = 10,
+    max_steps: int = 40,
+) -> BitAllocation:
+  """Integer bits ``round(lambda + offset)`` whose cost is within ``tol`` of the budget.
+
+  ``offset`` is bisected in ``[-1, 0]`` (widened below -1 if even -1 is over budget) for
+  ``steps`` steps, continued up to ``max_steps`` while the cost is not yet within ``tol``.
+  The cost at or under the target is preferred: if the under side of the last bisection
+  interval is not within ``tol`` (coarse bits: one layer's step is larger than 1%), a greedy
+  fill adds one bit at a time, to the operands whose lambdas were closest to rounding up,
+  while the cost stays under the target; if that is still not within ``tol``, the over side
+  is taken when it is closer.
+  ``meta`` records the offset, the steps, the cost and its relative error.
+  """
+  check_budget(model, params, profile, budget)
+  w_fixed, a_fixed = site_bits(model, params, profile)
+  units = _units(model, params, profile)
+  if not units:
+    raise ValueError("harden: the model has no FracBits operands (build it with fracbits())")
+
+  def cost(ints: list[np.ndarray]) -> float:
+    w, a = dict(w_fixed), dict(a_fixed)
+    for u, b in zip(units, ints):
+      (w if u.operand == "w" else a)[u.path] = b.astype(np.float32) if b.ndim else float(b)
+    return float(budget.cost(profile, w, a))
+
+  def rounded(offset: float) -> list[np.ndarray]:
+    return [np.array(np.clip(np.round(u.lam + offset), u.lo, u.hi)) for u in units]
+
+  within = lambda c: abs(budget.relative_error(c)) <= tol
+  lo, hi, n = -1.0, 0.0, 0
+  while cost(rounded(lo)) > budget.target:
+    hi, lo = lo, lo - 1.0
+  if cost(rounded(hi)) <= budget.target:
+    lo = hi
+  else:
+    while n < max_steps and (n < steps or not within(cost(rounded(lo)))):
+      mid = (lo + hi) / 2
+      lo, hi = (mid, hi) if cost(rounded(mid)) <= budget.target else (lo, mid)
+      n += 1
+  offset, ints, filled = lo, rounded(lo), 0
+  if not within(cost(ints)):
+    ints, filled = _fill(units, ints, offset, cost, budget.target)
+  over = rounded(hi)
+  if not within(cost(ints)) and abs(budget.relative_error(cost(over))) < abs(budget.relative_error(cost(ints))):
+    offset, ints, filled = hi, over, 0
+  final = cost(ints)
+  w, a = dict(w_fixed), dict(a_fixed)
+  for u, b in zip(units, ints):
+    (w if u.operand == "w" else a)[u.path] = b.astype(int).tolist() if b.ndim else int(b)
+  return BitAllocation.create(
+      w, a, method="fracbits",
+      meta={"budget_kind": budget.kind, "target": budget.target, "cost": final,
+            "relative_error": budget.relative_error(final), "offset": offset,
+            "bisection_steps": n, "greedy_fill_bits": filled},
+  )
+
+
+def _fill(units, ints, offset, cost, target):
+  """Adds bits one at a time (largest rounding residual first) while the cost stays <= target."""
+  ints = [b.copy() for b in ints]
+  flat = [(float(u.lam.flat[j] + offset - b.flat[j]), i, j)
+          for i, (u, b) in enumerate(zip(units, ints)) for j in range(b.size)]
+  filled = 0
+  for _, i, j in sorted(flat, reverse=True):
+    if ints[i].flat[j] >= units[i].hi:
+      continue
+    trial = [b.copy() for b in ints]
+    trial[i].flat[j] += 1
+    if cost(trial) <= target:
+      ints, filled = trial, filled + 1
+  return ints, filled

@@ -1,0 +1,223 @@
+"""HAWQ-style mixed precision: bits by Hessian-trace sensitivity under a budget.
+
+Sensitivity of a layer's operand (its kernel, or its input) is the average Hessian trace of the
+loss with respect to it, ``Tr(H) / n``, estimated by Hutchinson's method: ``E_v[v^T H v]`` with
+Rademacher ``v`` and Hessian-vector products ``jax.jvp`` of ``jax.grad`` (no Hessian is formed).
+Input Hessians come from a zero perturbation ``delta`` added to each site's input (a transform)
+and differentiated like a weight. One HVP over all operands at once estimates every block's
+trace, since ``E[v_i v_j^T] = 0`` across blocks.
+
+The expected loss increase of quantizing an operand at ``b`` bits is
+``Omega(b) = Tr(H)/n * ||Q_b(x) - x||^2`` (weights after a least-squares rescale, since the
+recipes' weight grids are scale-free behind BatchNorm). Allocation is greedy and ILP-free:
+every searchable operand starts at ``max_bits``; while over budget, drop one bit where
+``dOmega / dCost`` is smallest; then add bits back, largest ``dOmega / dCost`` first, while the
+cost stays under the budget. The layout (edges, searchable operands) is FracBits'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compressjax.core.compress import INPUT_PREFIX, compress, init_from
+from compressjax.core.matching import first_match
+from compressjax.core.rule import Rule
+from compressjax.core.sites import discover
+from compressjax.cost import Profile
+from compressjax.quant._mixed_budget import Budget, check_profile
+from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
+                                              site_inputs)
+from compressjax.quant.mixed_report import BitAllocation
+from compressjax.train.steps import cross_entropy
+
+Array = jax.Array
+
+__all__ = ["Budget", "hawq_allocation", "hutchinson_trace", "site_traces"]
+
+
+def hutchinson_trace(f: Callable[[Any], Array], params: Any, key: Array, num_samples: int = 64) -> Any:
+  """Per-leaf Hessian trace estimates of scalar ``f`` at ``params`` (a pytree of scalars).
+
+  ``mean_s <v_s, H v_s>`` restricted to each leaf, ``v_s`` Rademacher over the whole tree.
+  """
+  if num_samples < 1:
+    raise ValueError(f"hutchinson_trace: num_samples={num_samples!r}; use at least 1")
+  grad_f = jax.grad(f)
+  leaves, treedef = jax.tree.flatten(params)
+
+  def sample(k):
+    keys = jax.random.split(k, len(leaves))
+    v = treedef.unflatten([jax.random.rademacher(kk, jnp.shape(l), jnp.result_type(l))
+                           for kk, l in zip(keys, leaves)])
+    hv = jax.jvp(grad_f, (params,), (v,))[1]
+    return jax.tree.map(lambda a, b: jnp.sum(a * b), v, hv)
+
+  samples = jax.jit(lambda ks: jax.lax.map(sample, ks))(jax.random.split(key, num_samples))
+  return jax.tree.map(lambda s: jnp.mean(s, axis=0), samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Perturb:
+  """Adds a zero-initialised ``delta`` to a site's input, so the input has a Hessian."""
+
+  def init(self, x: Array):
+    return {"delta": jnp.zeros_like(x)}, {}
+
+  def update(self, x, params, stats):
+    return stats
+
+  def fake(self, x, params, stats):
+    return x + params["delta"]
+
+
+def site_traces(
+    model: nn.Module,
+    variables: dict,
+    x: Array,
+    y: Array,
+    key: Array,
+    *,
+    weights: list[str],
+    inputs: list[str],
+    num_samples: int = 32,
+    loss_fn: Callable[[Array, Array], Array] = cross_entropy,
+) -> dict[str, dict[str, float]]:
+  """Average Hessian traces ``Tr(H)/n`` of the eval-mode loss on ``(x, y)`` w.r.t. the kernels
+  of the ``weights`` sites and the inputs of the ``inputs`` sites: ``{path: {"w": .., "a": ..}}``.
+  """
+  perturbed = compress(model, [Rule(pattern=f"^{re.escape(p)}$", act=_Perturb()) for p in inputs])
+  full = jax.jit(lambda v, x: init_from(perturbed, v, x, train=False))(variables, x)
+  names = {"w": "kernel", "a": INPUT_PREFIX + "delta"}
+  target = {"w": {p: _node(full["params"], p)["kernel"] for p in weights},
+            "a": {p: _node(full["params"], p)[names["a"]] for p in inputs}}
+
+  def loss(t):
+    params = jax.tree.map(lambda v: v, full["params"])  # fresh dicts, safe to write into
+    for operand, values in t.items():
+      for p, value in values.items():
+        _node(params, p)[names[operand]] = value
+    logits = perturbed.apply({**full, "params": params}, x, train=False)
+    return loss_fn(logits, y)
+
+  traces = hutchinson_trace(loss, target, key, num_samples)
+  out: dict[str, dict[str, float]] = {}
+  for operand in ("w", "a"):
+    for p, tr in traces[operand].items():
+      out.setdefault(p, {})[operand] = float(tr) / target[operand][p].size
+  return out
+
+
+def _node(tree: dict, path: str) -> dict:
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
+def _weight_noise(q, w: Array) -> float:
+  """``min_s ||w - s Q(w)||^2``: quantization noise of a scale-free weight grid."""
+  p, s = q.init(w)
+  qw = q.fake(w, p, s)
+  scale = jnp.vdot(w, qw) / jnp.maximum(jnp.vdot(qw, qw), 1e-12)
+  return float(jnp.sum((w - scale * qw) ** 2))
+
+
+def _act_noise(q, a: Array, alpha: float) -> float:
+  p, s = q.init(a)
+  p = {**p, "alpha": jnp.asarray(alpha, jnp.float32)} if "alpha" in p else p
+  return float(jnp.sum((a - q.fake(a, p, s)) ** 2))
+
+
+_SEARCH = "search"  # placeholder transform marking a searchable operand in the edge layout
+
+
+def hawq_allocation(
+    model: nn.Module,
+    variables: dict,
+    x: Array,
+    y: Array,
+    profile: Profile,
+    budget: Budget,
+    *,
+    key: Array,
+    method: Method = DEFAULT_METHOD,
+    min_bits: int = 2,
+    max_bits: int = 8,
+    edge_bits: int = 8,
+    num_samples: int = 32,
+    alpha_percentile: float = 99.0,
+) -> BitAllocation:
+  """Integer bits for a float ``model`` (``variables``) under ``budget``, by Hessian sensitivity.
+
+  Searchable operands and fixed edges are as in :func:`compressjax.quant.fracbits.fracbits`;
+  ``(x, y)`` is the batch the Hessian traces and quantization noise are measured on; PACT clip
+  levels for the activation noise are the ``alpha_percentile`` of each input.
+  """
+  if not 0 < min_bits < max_bits:
+    raise ValueError(f"hawq_allocation: min_bits={min_bits}, max_bits={max_bits}; use 0 < min < max")
+  sites = discover(model, x)
+  check_profile(profile, [s.path for s in sites])
+  fixed_w, fixed_a, units = {}, {}, []
+  layout = edge_rules(sites, _SEARCH, _SEARCH, method=method, edge_bits=edge_bits)
+  for site in sites:
+    rule = first_match(layout, site.path)[1]
+    for operand, t, fixed in (("w", rule.weight, fixed_w), ("a", rule.act, fixed_a)):
+      if t is _SEARCH:
+        units.append((site.path, operand))
+      else:
+        fixed[site.path] = None if t is None else t.bits
+  traces = site_traces(model, variables, x, y, key, num_samples=num_samples,
+                       weights=[p for p, o in units if o == "w"],
+                       inputs=[p for p, o in units if o == "a"])
+  acts = jax.jit(lambda v, x: site_inputs(model, v, x, train=False))(variables, x)
+  omega = {}
+  for p, o in units:
+    sens = max(traces[p][o], 0.0)
+    for b in range(min_bits, max_bits + 1):
+      wq, aq = quantizers(method, b, b)
+      if o == "w":
+        noise = _weight_noise(wq, _node(variables["params"], p)["kernel"])
+      else:
+        a = acts[p]
+        noise = _act_noise(aq, a, float(np.percentile(np.asarray(a), alpha_percentile)))
+      omega[(p, o, b)] = sens * noise
+
+  def cost(bits: dict) -> float:
+    w, a = dict(fixed_w), dict(fixed_a)
+    for (p, o), b in bits.items():
+      (w if o == "w" else a)[p] = b
+    return float(budget.cost(profile, w, a))
+
+  budget.check_reachable(cost({u: min_bits for u in units}), "every searchable operand at min_bits")
+  bits = {u: max_bits for u in units}
+
+  def step(u, d):
+    trial = {**bits, u: bits[u] + d}
+    return trial, abs(omega[(*u, bits[u] + d)] - omega[(*u, bits[u])]), abs(cost(bits) - cost(trial))
+
+  while cost(bits) > budget.target:
+    moves = [step(u, -1) for u in units if bits[u] > min_bits]
+    bits = min(moves, key=lambda m: m[1] / max(m[2], 1e-12))[0]
+  while True:
+    moves = [m for m in (step(u, +1) for u in units if bits[u] < max_bits)
+             if cost(m[0]) <= budget.target]
+    if not moves:
+      break
+    bits = max(moves, key=lambda m: m[1] / max(m[2], 1e-12))[0]
+  w, a = dict(fixed_w), dict(fixed_a)
+  for (p, o), b in bits.items():
+    (w if o == "w" else a)[p] = b
+  final = cost(bits)
+  ordered = [s.path for s in sites]
+  return BitAllocation.create(
+      {p: w[p] for p in ordered}, {p: a[p] for p in ordered}, method="hawq",
+      meta={"budget_kind": budget.kind, "target": budget.target, "cost": final,
+            "relative_error": budget.relative_error(final), "avg_hessian_trace": traces},
+  )

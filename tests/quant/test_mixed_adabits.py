@@ -1,0 +1,124 @@
+"""AdaBits: switchable quantizers and BatchNorm, joint training, direct adaptation, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from compressjax.models import CNN
+from compressjax.quant import PACT, SAT
+from compressjax.quant import adabits as ab
+from compressjax.train.state import TrainState
+
+BITS = (8, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = CNN(widths=(4, 8), hidden=16, num_classes=10)
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+  y = jnp.arange(16) % 10
+  float_vars = jax.jit(model.init)(jax.random.key(1, impl="rbg"), x)  # rbg: fast to compile
+  am = ab.adabits(model, BITS, x)
+  return model, x, y, float_vars, am, ab.init_from_float(am, float_vars, x)
+
+
+def _switch(tree, bits):
+  return {k: v for k, v in tree.items() if k.endswith(f"_b{bits}")}
+
+
+def test_switchable_creates_every_state_and_runs_the_active_one():
+  x = jnp.linspace(-1.0, 3.0, 41)
+  s = ab.Switchable((PACT(bits=8, alpha_init=2.0), PACT(bits=2, alpha_init=2.0)), active=2)
+  params, stats = s.init(x)
+  assert set(params) == {"alpha_b8", "alpha_b2"} and stats == {}
+  params = {"alpha_b8": jnp.float32(2.0), "alpha_b2": jnp.float32(1.5)}
+  np.testing.assert_array_equal(s.fake(x, params, {}), PACT(bits=2).fake(x, {"alpha": 1.5}, {}))
+  np.testing.assert_array_equal(s.at(8).fake(x, params, {}), PACT(bits=8).fake(x, {"alpha": 2.0}, {}))
+  assert len(np.unique(np.asarray(s.fake(x, params, {})))) == 4
+
+
+def test_float_batchnorm_is_copied_into_every_switch_and_weights_are_shared(setup):
+  _, _, _, float_vars, am, v = setup
+  for col in ("params", "batch_stats"):
+    for name, leaf in float_vars[col]["bn1"].items():
+      for b in BITS:
+        np.testing.assert_array_equal(v[col]["bn1"][f"{name}_b{b}"], leaf)
+  assert set(v["params"]["conv1"]) == {"kernel", "input_alpha_b8", "input_alpha_b4", "input_alpha_b2"}
+  np.testing.assert_array_equal(v["params"]["conv1"]["kernel"], float_vars["params"]["conv1"]["kernel"])
+
+
+def test_at_bits_runs_the_same_variables_at_each_bit_width(setup):
+  model, x, _, float_vars, am, v = setup
+  outs = {b: jax.jit(ab.at_bits(am, b).apply)(v, x) for b in BITS}
+  ref = jax.jit(model.apply)(float_vars, x)
+  err = {b: float(jnp.abs(outs[b] - ref).mean()) for b in BITS}
+  assert err[8] < err[4] < err[2]  # fewer bits, further from the float model
+
+
+def test_each_bit_width_updates_only_its_own_batchnorm_statistics(setup):
+  _, x, _, _, am, v = setup
+  apply = lambda v, x: ab.at_bits(am, 4).apply(v, x, train=True, mutable=["batch_stats"])
+  _, upd = jax.jit(apply)(v, x)
+  for bn in ("bn0", "bn1"):
+    new, old = upd["batch_stats"][bn], v["batch_stats"][bn]
+    for b in BITS:
+      same = all(np.array_equal(new[k], old[k]) for k in _switch(old, b))
+      assert same == (b != 4), (bn, b)
+
+
+def test_joint_step_sums_losses_and_updates_every_switch(setup):
+  model, x, y, float_vars, *_ = setup
+  am = ab.adabits(model, (4, 2), x)  # two switches: cheaper to compile than three
+  opt = optax.sgd(0.1)
+  v = dict(ab.init_from_float(am, float_vars, x))
+  params = v.pop("params")
+  state = TrainState(jnp.zeros((), jnp.int32), params, v, opt.init(params), jax.random.PRNGKey(0))
+  new, metrics = ab.make_joint_step(am, opt)(state, {"image": x, "label": y})
+  total = sum(float(metrics[f"loss_b{b}"]) for b in (4, 2))
+  np.testing.assert_allclose(float(metrics["loss"]), total, rtol=1e-6)
+  for b in (4, 2):  # every switch's BN statistics and affine parameters moved
+    assert not np.array_equal(new.model_state["batch_stats"]["bn0"][f"mean_b{b}"],
+                              v["batch_stats"]["bn0"][f"mean_b{b}"])
+    assert not np.array_equal(new.params["bn1"][f"scale_b{b}"], params["bn1"][f"scale_b{b}"])
+    assert not np.array_equal(new.params["hidden"][f"input_alpha_b{b}"],
+                              params["hidden"][f"input_alpha_b{b}"])
+
+
+def test_direct_adaptation_copies_a_switch_and_recalibration_moves_only_it(setup):
+  model, x, _, float_vars, _, _ = setup
+  m8 = ab.adabits(model, (8,), x)
+  v8 = ab.init_from_float(m8, float_vars, x)
+  m82 = ab.adabits(model, (8, 2), x)
+  v82 = ab.copy_switch(v8, 8, 2)
+  assert jax.tree.structure(v82) == jax.tree.structure(ab.init_from_float(m82, float_vars, x))
+  np.testing.assert_array_equal(v82["params"]["bn0"]["scale_b2"], v8["params"]["bn0"]["scale_b8"])
+  rec = ab.recalibrate_bn(ab.at_bits(m82, 2), v82, [x] * 3)
+  bn = rec["batch_stats"]["bn1"]
+  np.testing.assert_array_equal(bn["mean_b8"], v82["batch_stats"]["bn1"]["mean_b8"])
+  assert not np.array_equal(bn["mean_b2"], v82["batch_stats"]["bn1"]["mean_b2"])
+  with pytest.raises(ValueError, match="at least one batch"):
+    ab.recalibrate_bn(m82, v82, [])
+
+
+@pytest.mark.parametrize(
+    "bits_list, match",
+    [((), "empty"), ((2, 4, 8), r"not sorted from high to low; use \(8, 4, 2\)"),
+     ((8, 4, 4), "duplicates"), ((8, 1), r"\[1\] outside the quantizer's allowed range 2..16"),
+     ((17, 8), r"\[17\] outside")],
+)
+def test_bad_bits_list_is_refused(setup, bits_list, match):
+  model, x, *_ = setup
+  with pytest.raises(ValueError, match=match):
+    ab.adabits(model, bits_list, x)
+
+
+def test_bad_switch_requests_are_refused(setup):
+  _, _, _, _, am, _ = setup
+  with pytest.raises(ValueError, match=r"bits=3 is not one of the model's bit-widths \(8, 4, 2\)"):
+    ab.at_bits(am, 3)
+  with pytest.raises(ValueError, match="active=3"):
+    ab.Switchable((SAT(bits=8), SAT(bits=4)), active=3)
+  with pytest.raises(TypeError, match="not an AdaBits model"):
+    ab.at_bits(CNN(), 4)

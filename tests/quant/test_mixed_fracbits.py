@@ -1,0 +1,139 @@
+"""FracBits: interpolation gradient, search under a budget, hardening to 1%, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from compressjax import cost
+from compressjax.core import compress, discover
+from compressjax.models import CNN, MLP
+from compressjax.quant import PACT, SAT, DoReFa
+from compressjax.quant import fracbits as fb
+from compressjax.quant import mixed_report as mr
+from compressjax.quant._mixed_common import start_from_float
+from compressjax.train.state import TrainState
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = CNN(widths=(4, 8), hidden=16, num_classes=10)
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+  y = jnp.arange(16) % 10
+  float_vars = jax.jit(model.init)(jax.random.key(1, impl="rbg"), x)  # rbg: fast to compile
+  profile = cost.profile(model, x)
+  fm = fb.fracbits(model, x, target_bits=3, max_bits=4, kernel_wise=True)
+  return model, x, y, profile, fm, start_from_float(fm, float_vars, x)
+
+
+def _uniform3_budget(model, x, profile):
+  """The BitOPs of uniform 3-bit SAT with 8-bit edges, from the same rule layout."""
+  um = compress(model, mr.rules_from_json(mr.BitAllocation.create(
+      {"conv0": 8, "conv1": 3, "hidden": 3, "head": 8},
+      {"conv0": None, "conv1": 3, "hidden": 3, "head": 8})))
+  return fb.Budget(target=fb.search_cost(um, None, profile, fb.Budget(target=1.0)))
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_gradient_wrt_lambda_is_q_ceil_minus_q_floor(channels):
+  w = jax.random.normal(jax.random.key(2), (3, 3, 2, 4))
+  g = jax.random.normal(jax.random.key(3), w.shape)
+  t = fb.FracBits(base=SAT(bits=8), init_bits=3.5, min_bits=2, max_bits=6, channels=channels)
+  params, stats = t.init(w)
+  lam = jnp.asarray([3.3, 2.5, 4.9, 5.2]) if channels else jnp.float32(3.3)
+  grad = jax.jit(jax.grad(lambda l: jnp.sum(g * t.fake(w, {"lambda": l}, stats))))(lam)
+  q = {k: jax.jit(SAT(bits=k).fake)(w, {}, {}) for k in range(2, 7)}
+  lo = np.floor(np.asarray(lam)).astype(int)
+  diff = np.stack([np.asarray(q[int(f) + 1] - q[int(f)])[..., i] for i, f in enumerate(np.broadcast_to(lo, (4,)))], -1)
+  expected = np.sum(np.asarray(g) * diff, axis=(0, 1, 2))
+  np.testing.assert_allclose(grad, expected if channels else expected.sum(), rtol=1e-4, atol=1e-5)
+  # Integer lambda is exactly the base quantizer; fractional is the linear blend.
+  fake = jax.jit(lambda l: t.fake(w, {"lambda": l}, stats))
+  np.testing.assert_array_equal(fake(jnp.float32(4.0)), q[4])
+  blend = fake(jnp.float32(3.25))
+  np.testing.assert_allclose(blend, 0.25 * q[4] + 0.75 * q[3], rtol=1e-6, atol=1e-7)
+
+
+def test_zero_bits_zero_the_operand_and_activations_interpolate_after_the_clip():
+  w = jax.random.normal(jax.random.key(4), (8, 3))
+  t = fb.FracBits(base=DoReFa(bits=8), init_bits=1.0, min_bits=0, max_bits=2)
+  np.testing.assert_array_equal(t.fake(w, {"lambda": jnp.float32(0.0)}, {}), 0.0)
+  half = t.fake(w, {"lambda": jnp.float32(0.5)}, {})
+  np.testing.assert_allclose(half, 0.5 * DoReFa(bits=1).fake(w, {}, {}), rtol=1e-6)
+  a = jnp.linspace(-1.0, 5.0, 25)
+  ta = fb.FracBits(base=PACT(bits=8), init_bits=2.5, min_bits=2, max_bits=4)
+  p = {"alpha": jnp.float32(4.0), "lambda": jnp.float32(2.5)}
+  mid = 0.5 * (PACT(bits=2).fake(a, p, {}) + PACT(bits=3).fake(a, p, {}))
+  np.testing.assert_allclose(ta.fake(a, p, {}), mid, rtol=1e-6)
+
+
+def test_bits_move_under_the_penalty_and_the_hardened_cost_is_within_one_percent(setup, tmp_path):
+  model, x, y, profile, fm, v = setup
+  budget = _uniform3_budget(model, x, profile)
+  v = dict(v)
+  params = v.pop("params")
+  start = float(fb.search_cost(fm, params, profile, budget))
+  assert start > 1.05 * budget.target  # lambdas start at target + 0.5
+  opt = optax.adam(0.05)
+  state = TrainState(jnp.zeros((), jnp.int32), params, v, opt.init(params), jax.random.PRNGKey(0))
+  step = fb.make_search_step(fm, opt, profile, budget, params)
+  for _ in range(15):
+    state, metrics = step(state, {"image": x, "label": y})
+  moved = np.abs(np.asarray(state.params["conv1"]["kernel_lambda"]) - 3.5)
+  assert moved.max() > 0.3
+  assert abs(float(metrics["cost"]) / budget.target - 1) < abs(start / budget.target - 1) / 2
+  alloc = fb.harden(fm, state.params, profile, budget)
+  assert alloc.meta["relative_error"] <= 0 and abs(alloc.meta["relative_error"]) <= 0.01
+  np.testing.assert_allclose(alloc.cost(profile, budget), alloc.meta["cost"])
+  assert isinstance(alloc.w_bits["conv1"], list) and len(alloc.w_bits["conv1"]) == 8
+  assert alloc.w_bits["conv0"] == 8 and alloc.a_bits["conv0"] is None and alloc.w_bits["head"] == 8
+  # The JSON round trip gives rules; at the hardened bits they compute what the search model
+  # computes with its lambdas set to those integers.
+  path = str(tmp_path / "alloc.json")
+  alloc.save(path)
+  fixed = compress(model, mr.rules_from_json(path))
+  hard = jax.tree.map(lambda a: a, state.params)
+  hard["conv1"]["kernel_lambda"] = jnp.asarray(alloc.w_bits["conv1"], jnp.float32)
+  hard["hidden"]["kernel_lambda"] = jnp.asarray(alloc.w_bits["hidden"], jnp.float32)
+  for p in ("conv1", "hidden"):
+    hard[p]["input_lambda"] = jnp.float32(alloc.a_bits[p])
+  fixed_vars = {**state.model_state, "params": state.params}
+  out_fixed = jax.jit(fixed.apply)(fixed_vars, x)
+  out_search = jax.jit(fm.apply)({**state.model_state, "params": hard}, x)
+  np.testing.assert_allclose(out_fixed, out_search, rtol=1e-5, atol=1e-5)
+
+
+def test_clamp_lambdas_projects_onto_the_allowed_range(setup):
+  *_, fm, v = setup
+  params = jax.tree.map(lambda a: a, v["params"])
+  params["conv1"]["kernel_lambda"] = jnp.full((8,), 11.0)
+  params["hidden"]["input_lambda"] = jnp.float32(-3.0)
+  out = fb.clamp_lambdas(fm, params)
+  np.testing.assert_array_equal(out["conv1"]["kernel_lambda"], 4.0)
+  assert float(out["hidden"]["input_lambda"]) == 2.0
+  np.testing.assert_array_equal(out["conv1"]["kernel"], params["conv1"]["kernel"])
+
+
+def test_budget_below_reach_and_unprofiled_layers_are_refused(setup):
+  model, x, _, profile, fm, v = setup
+  with pytest.raises(ValueError, match="below .* the smallest cost the allowed bits reach"):
+    fb.make_search_step(fm, optax.sgd(0.1), profile, fb.Budget(target=1000.0), v["params"])
+  with pytest.raises(ValueError, match="below"):
+    fb.harden(fm, v["params"], profile, fb.Budget(target=1000.0))
+  other = cost.profile(MLP(num_classes=10), x)
+  with pytest.raises(ValueError, match=r"layers \['conv0', 'conv1', 'hidden'\] have no entry"):
+    fb.search_cost(fm, v["params"], other, fb.Budget(target=1e6))
+
+
+def test_bad_configuration_is_refused():
+  with pytest.raises(ValueError, match="min_bits < max_bits"):
+    fb.FracBits(base=SAT(), init_bits=4.0, min_bits=4, max_bits=4)
+  with pytest.raises(ValueError, match="bits 1..8 are not allowed for SAT; use 0 .* or 2..16"):
+    fb.FracBits(base=SAT(), init_bits=4.0, min_bits=1, max_bits=8)
+  with pytest.raises(ValueError, match="init_bits=9.5"):
+    fb.FracBits(base=SAT(), init_bits=9.5)
+  with pytest.raises(ValueError, match="kind='flops'"):
+    fb.Budget(target=1.0, kind="flops")
+  with pytest.raises(ValueError, match="target=0"):
+    fb.Budget(target=0)
