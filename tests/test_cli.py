@@ -98,6 +98,10 @@ def test_one_epoch_demo_then_eval(capsys, tmp_path, data_dir):
   assert os.path.isdir(summary["checkpoint"]) and summary["params"] > 0
   assert summary["test_accuracy"] > 0.5  # one epoch; the full demo reaches ~99%
   assert "float  digits   cnn" in table and summary["checkpoint"] in table
+  quant = json.loads((workdir / "summary.json").read_text())["w4a4"]
+  assert quant["served_accuracy"] == quant["fake_quant_accuracy"] > 0.3
+  assert quant["quantized_bytes"] < quant["float_bytes"] / 4
+  assert "lsq W4A4 (exported, served)" in table
   main(["eval", "--workdir", str(workdir / "float")])
   out = capsys.readouterr().out
   assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in out
