@@ -1,0 +1,88 @@
+"""QAT train-step time over float train-step time (digits CNN and ResNet-20, batch 128).
+
+Float and quantized steps are timed interleaved in one process (A, B, A, B, ...) so machine
+noise hits both alike; the ratio of medians is reported. Goal: QAT <= 1.3x float.
+
+  python benchmarks/qat_step.py [--reps 20] [--method lsq] [--bits 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+import optax
+
+from compressjax.core import compress, discover
+from compressjax.models import get_model
+from compressjax.quant.recipes import recipe_rules
+from compressjax.train import create_train_state, make_train_step
+
+MODELS = {"cnn": (8, 8, 1), "resnet20": (32, 32, 3)}
+
+
+def _step_and_state(model, x, y):
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  state = create_train_state(model, optimizer, x, jax.random.PRNGKey(0))
+  return make_train_step(model, optimizer), state, {"image": x, "label": y}
+
+
+def _time(step, state, batch):
+  t = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics["loss"])
+  return state, time.perf_counter() - t
+
+
+def bench(name: str, batch: int, reps: int, method: str, bits: int) -> dict:
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((batch, *MODELS[name])).astype(np.float32)
+  y = rng.integers(0, 10, batch).astype(np.int32)
+  model = get_model(name, 10)
+  qmodel = compress(model, recipe_rules(method, discover(model, x), w_bits=bits, a_bits=bits))
+  runs = {"float": _step_and_state(model, x, y), "qat": _step_and_state(qmodel, x, y)}
+  times = {k: [] for k in runs}
+  states = {k: r[1] for k, r in runs.items()}
+  for k, (step, _, b) in runs.items():  # compile and warm up
+    for _ in range(2):
+      states[k], _ = _time(step, states[k], b)
+  for _ in range(reps):
+    for k, (step, _, b) in runs.items():
+      states[k], dt = _time(step, states[k], b)
+      times[k].append(dt)
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  return {"model": name, "batch": batch, "method": method, "bits": bits,
+          "float_ms": 1e3 * med["float"], "qat_ms": 1e3 * med["qat"],
+          "ratio": med["qat"] / med["float"], "reps": reps}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--reps", type=int, default=20)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--method", default="lsq")
+  parser.add_argument("--bits", type=int, default=4)
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  rows = [bench(name, args.batch, args.reps, args.method, args.bits) for name in MODELS]
+  for r in rows:
+    print(f"{r['model']:>9} batch {r['batch']}: float {r['float_ms']:.2f} ms, "
+          f"{r['method']} W{r['bits']}A{r['bits']} {r['qat_ms']:.2f} ms, ratio {r['ratio']:.2f}x")
+  os.makedirs(args.out, exist_ok=True)
+  kind = device.device_kind.replace(" ", "_")
+  path = os.path.join(args.out, f"qat_step_{kind}.json")
+  with open(path, "w") as f:
+    json.dump({"device": device.device_kind, "platform": device.platform,
+               "host": platform.processor() or platform.machine(), "jax": jax.__version__,
+               "results": rows}, f, indent=2)
+  print(f"saved {path}")
+
+
+if __name__ == "__main__":
+  main()

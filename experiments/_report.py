@@ -1,0 +1,39 @@
+"""Writing experiment results: JSON, a Markdown table and mean +- sd over seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def fmt_pct(values: Sequence[float]) -> str:
+  m, s = mean_sd(values)
+  return f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def write(name: str, data: Any, markdown: str, out_dir: str = RESULTS_DIR) -> dict[str, str]:
+  """Writes ``<name>.json`` and ``<name>.md`` under ``out_dir``; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"json": os.path.join(out_dir, f"{name}.json"), "md": os.path.join(out_dir, f"{name}.md")}
+  with open(paths["json"], "w") as f:
+    json.dump(data, f, indent=2)
+  with open(paths["md"], "w") as f:
+    f.write(markdown)
+  return paths

@@ -1,0 +1,112 @@
+"""QAT on digits: {DoReFa+PACT, LSQ, SAT} x W/A bits {8, 4, 3, 2}, first/last layer 8-bit.
+
+Each seed trains its own float CNN (own stratified split and init), then fine-tunes one
+quantized copy per (method, bits) and reports the accuracy of the exported, served model.
+
+  python -m experiments.quantization                 # 3 seeds, the table in experiments/results/
+  python -m experiments.quantization --quick         # 1 seed, 2 bit-widths, 1 epoch (CI-sized)
+  python -m experiments.quantization --seeds 1 --partial   # one seed's records only, then
+  python -m experiments.quantization --merge         # the table from all partial records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from compressjax.config import get_config
+from compressjax.quant.qat import QuantSpec, quantize_classifier
+from compressjax.quant.recipes import METHODS as ALL_METHODS
+from compressjax.train import train_classifier
+from experiments import _report
+
+METHODS = tuple(m for m in ALL_METHODS if m != "uniform")
+
+
+def train_seed(seed, bits_list, float_epochs, qat_epochs):
+  """All records of one seed: its float model and one QAT run per (method, bits)."""
+  records = []
+  with tempfile.TemporaryDirectory() as tmp:
+    common = [f"train.seed={seed}", f"data.split_seed={seed}"]
+    float_cfg = get_config("digits_cnn", common + [f"train.epochs={float_epochs}"])
+    float_dir = os.path.join(tmp, "float")
+    base = train_classifier(float_cfg, float_dir)
+    records.append({"seed": seed, "method": "float", "bits": 32, "accuracy": base["test_accuracy"]})
+    qat_cfg = get_config("digits_cnn", common + [f"train.epochs={qat_epochs}", "optim.lr=0.02"])
+    for method in METHODS:
+      for bits in bits_list:
+        out = quantize_classifier(qat_cfg, float_dir, os.path.join(tmp, f"{method}{bits}"),
+                                  QuantSpec(method=method, w_bits=bits, a_bits=bits))
+        print(f"seed {seed} {method} W{bits}A{bits}: served {100 * out['served_accuracy']:.2f}%",
+              flush=True)
+        records.append({"seed": seed, "method": method, "bits": bits,
+                        "accuracy": out["served_accuracy"],
+                        "fake_quant_accuracy": out["fake_quant_accuracy"],
+                        "bytes": out["quantized_bytes"], "float_bytes": out["float_bytes"]})
+  return records
+
+
+def report(records, bits_list, float_epochs, qat_epochs, out_dir, name):
+  """JSON, Markdown table and PNG plot of ``records`` (mean ± sd over seeds)."""
+  seeds = sorted({r["seed"] for r in records})
+  acc = lambda m, b: [r["accuracy"] for r in records if r["method"] == m and r["bits"] == b]
+  rows = [["float (32)", _report.fmt_pct(acc("float", 32))] + [""] * (len(bits_list) - 1)]
+  rows += [[m] + [_report.fmt_pct(acc(m, b)) for b in bits_list] for m in METHODS]
+  md = (f"# QAT on digits (CNN, first/last layer 8-bit, {len(seeds)} seeds, mean ± sd, % test "
+        f"accuracy of the exported model; float {float_epochs} epochs, QAT {qat_epochs} epochs)\n\n"
+        + _report.markdown_table(["method"] + [f"W{b}A{b}" for b in bits_list], rows))
+  paths = _report.write(name, {"records": records, "seeds": seeds, "bits": list(bits_list),
+                               "float_epochs": float_epochs, "qat_epochs": qat_epochs}, md, out_dir)
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for m in METHODS:
+    means = [_report.mean_sd(acc(m, b)) for b in bits_list]
+    ax.errorbar(bits_list, [100 * mu for mu, _ in means], yerr=[100 * sd for _, sd in means],
+                marker="o", capsize=3, label=m)
+  ax.axhline(100 * _report.mean_sd(acc("float", 32))[0], color="k", ls="--", label="float")
+  ax.set_xlabel("weight / activation bits")
+  ax.set_ylabel("test accuracy (%)")
+  ax.invert_xaxis()
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
+  print(md)
+  return paths
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--partial", action="store_true", help="write this run's records only")
+  parser.add_argument("--merge", action="store_true", help="report all partial records")
+  parser.add_argument("--out", default=_report.RESULTS_DIR)
+  args = parser.parse_args()
+  if args.quick:
+    report(train_seed(0, (8, 2), 2, 1), (8, 2), 2, 1, args.out, "quantization_quick")
+    return
+  bits, float_epochs, qat_epochs = (8, 4, 3, 2), 15, 4
+  partial_dir = os.path.join(args.out, "quantization_partial")
+  if args.merge:
+    records = []
+    for f in sorted(os.listdir(partial_dir)):
+      with open(os.path.join(partial_dir, f)) as fh:
+        records += json.load(fh)
+  else:
+    records = [r for seed in args.seeds for r in train_seed(seed, bits, float_epochs, qat_epochs)]
+  if args.partial:
+    os.makedirs(partial_dir, exist_ok=True)
+    with open(os.path.join(partial_dir, f"seeds{'_'.join(map(str, args.seeds))}.json"), "w") as f:
+      json.dump(records, f, indent=2)
+    return
+  report(records, bits, float_epochs, qat_epochs, args.out, "quantization")
+
+
+if __name__ == "__main__":
+  main()
