@@ -33,3 +33,4 @@ __all__ = [
     "per_group",
     "require_calibrated",
 ]
+from compressjax.quant.recipes import METHODS, recipe, recipe_rules
