@@ -18,8 +18,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt_pct(values: Sequence[float]) -> str:
+  """``mean ± sd`` in percent, with the number of seeds when not all ran; "not run" if none."""
+  if not len(values):
+    return "not run"
   m, s = mean_sd(values)
-  return f"{100 * m:.2f} ± {100 * s:.2f}"
+  return f"{100 * m:.2f} ± {100 * s:.2f} (n={len(values)})"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -30,15 +30,20 @@ from experiments import _report
 METHODS = tuple(m for m in ALL_METHODS if m != "uniform")
 
 
-def train_seed(seed, bits_list, float_epochs, qat_epochs):
-  """All records of one seed: its float model and one QAT run per (method, bits)."""
+def train_seed(seed, bits_list, float_epochs, qat_epochs, save=None):
+  """All records of one seed: its float model and one QAT run per (method, bits).
+
+  ``save(records)`` is called after every run, so an interrupted seed keeps what it finished.
+  """
   records = []
+  save = save or (lambda _: None)
   with tempfile.TemporaryDirectory() as tmp:
     common = [f"train.seed={seed}", f"data.split_seed={seed}"]
     float_cfg = get_config("digits_cnn", common + [f"train.epochs={float_epochs}"])
     float_dir = os.path.join(tmp, "float")
     base = train_classifier(float_cfg, float_dir)
     records.append({"seed": seed, "method": "float", "bits": 32, "accuracy": base["test_accuracy"]})
+    save(records)
     qat_cfg = get_config("digits_cnn", common + [f"train.epochs={qat_epochs}", "optim.lr=0.02"])
     for method in METHODS:
       for bits in bits_list:
@@ -50,6 +55,7 @@ def train_seed(seed, bits_list, float_epochs, qat_epochs):
                         "accuracy": out["served_accuracy"],
                         "fake_quant_accuracy": out["fake_quant_accuracy"],
                         "bytes": out["quantized_bytes"], "float_bytes": out["float_bytes"]})
+        save(records)
   return records
 
 
@@ -91,20 +97,26 @@ def main():
   if args.quick:
     report(train_seed(0, (8, 2), 2, 1), (8, 2), 2, 1, args.out, "quantization_quick")
     return
-  bits, float_epochs, qat_epochs = (8, 4, 3, 2), 15, 4
+  bits, float_epochs, qat_epochs = (8, 4, 3, 2), 15, 3
   partial_dir = os.path.join(args.out, "quantization_partial")
   if args.merge:
     records = []
     for f in sorted(os.listdir(partial_dir)):
       with open(os.path.join(partial_dir, f)) as fh:
         records += json.load(fh)
+  elif args.partial:
+    os.makedirs(partial_dir, exist_ok=True)
+    path = os.path.join(partial_dir, f"seeds{'_'.join(map(str, args.seeds))}.json")
+
+    def save(records):
+      with open(path, "w") as f:
+        json.dump(records, f, indent=2)
+
+    for seed in args.seeds:
+      train_seed(seed, bits, float_epochs, qat_epochs, save)
+    return
   else:
     records = [r for seed in args.seeds for r in train_seed(seed, bits, float_epochs, qat_epochs)]
-  if args.partial:
-    os.makedirs(partial_dir, exist_ok=True)
-    with open(os.path.join(partial_dir, f"seeds{'_'.join(map(str, args.seeds))}.json"), "w") as f:
-      json.dump(records, f, indent=2)
-    return
   report(records, bits, float_epochs, qat_epochs, args.out, "quantization")
 
 
