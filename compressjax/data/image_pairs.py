@@ -88,7 +88,8 @@ def train_patches(task: str, num_patches: int, patch_size: int = 32, seed: int =
   return ImagePairs(np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32))
 
 
-def test_pairs(task: str, images: Sequence[str] = TEST_IMAGES, short_side: int = 128) -> ImagePairs:
+def heldout_pairs(task: str, images: Sequence[str] = TEST_IMAGES,
+                  short_side: int = 128) -> ImagePairs:
   """The centre ``short_side`` x ``short_side`` square of each held-out image."""
   overlap = set(images) & set(TRAIN_IMAGES)
   if overlap:

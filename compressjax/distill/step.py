@@ -1,0 +1,95 @@
+"""A distillation train step for classifiers that composes with quantization and pruning.
+
+The student is any Linen model trained through a ``TrainState`` (a ``compress``-ed model with
+quantizer collections, or one whose optimizer chains an optax pruner); the teacher is frozen and
+runs with ``train=False``. One loss function sees both models' outputs and tapped features:
+
+    loss_fn(DistillInputs) -> loss | (loss, {name: metric})
+
+``hinton_objective`` builds the usual one, ``(1 - a) CE + a T^2 KL`` (plus any feature terms).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from compressjax.distill.kl import hinton_loss
+from compressjax.distill.taps import apply_with_taps
+from compressjax.train.state import TrainState
+from compressjax.train.steps import (Batch, Metrics, TrainStep, accuracy, apply_gradients,
+                                     split_loss, step_rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillInputs:
+  """What a distillation loss sees in one step."""
+  student_logits: jax.Array
+  teacher_logits: jax.Array
+  student_feats: Mapping[str, jax.Array]
+  teacher_feats: Mapping[str, jax.Array]
+  batch: Batch
+
+
+DistillLoss = Callable[[DistillInputs], jax.Array | tuple[jax.Array, Metrics]]
+FeatureTerm = tuple[str, str, Callable[[jax.Array, jax.Array], jax.Array], float]
+
+
+def hinton_objective(temperature: float = 4.0, alpha: float = 0.9,
+                     feature_terms: Sequence[FeatureTerm] = ()) -> DistillLoss:
+  """``hinton_loss`` on logits plus ``weight * fn(student_feats[s], teacher_feats[t])`` for each
+  (s, t, fn, weight) term. Examples with a negative label (or ``batch["label_mask"]`` 0) are
+  unlabelled: they get only the teacher's soft targets (few-label training)."""
+
+  def loss_fn(d: DistillInputs) -> tuple[jax.Array, Metrics]:
+    labels = d.batch["label"]
+    mask = d.batch.get("label_mask", labels >= 0)
+    kd = hinton_loss(d.student_logits, d.teacher_logits, jnp.maximum(labels, 0), temperature,
+                     alpha, mask)
+    metrics = {"kd": kd}
+    total = kd
+    for s, t, fn, weight in feature_terms:
+      term = fn(d.student_feats[s], d.teacher_feats[t])
+      metrics[f"feat/{s}"] = term
+      total = total + weight * term
+    return total, metrics
+
+  return loss_fn
+
+
+def make_distill_step(student: nn.Module, optimizer: Any, teacher: nn.Module,
+                      teacher_variables: Any, loss_fn: DistillLoss, *,
+                      student_paths: Sequence[str] = (),
+                      teacher_paths: Sequence[str] = ()) -> TrainStep:
+  """A jitted ``step(state, batch) -> (state, metrics)`` training the student in ``state``.
+
+  ``student_paths`` / ``teacher_paths`` are the module paths whose outputs ``loss_fn`` reads
+  from ``student_feats`` / ``teacher_feats``. Batches are ``{"image", "label"[, "label_mask"]}``.
+  """
+  student_paths, teacher_paths = tuple(student_paths), tuple(teacher_paths)
+
+  def step(state: TrainState, batch: Batch, teacher_vars: Any) -> tuple[TrainState, Metrics]:
+    x = batch["image"]
+    t_logits, t_feats, _ = apply_with_taps(teacher, teacher_vars, x, paths=teacher_paths,
+                                           train=False)
+    t_logits, t_feats = jax.lax.stop_gradient((t_logits, t_feats))
+
+    def objective(params):
+      variables = {"params": params, **state.model_state}
+      s_logits, s_feats, updates = apply_with_taps(
+          student, variables, x, paths=student_paths, mutable=list(state.model_state),
+          train=True, rngs={"dropout": step_rng(state)})
+      loss, extras = split_loss(loss_fn(DistillInputs(s_logits, t_logits, s_feats, t_feats,
+                                                      batch)))
+      return loss, (s_logits, {**state.model_state, **updates}, extras)
+
+    (loss, (logits, model_state, extras)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": accuracy(logits, batch["label"]), **extras}
+    return apply_gradients(state, optimizer, grads, model_state), metrics
+
+  jitted = jax.jit(step)
+  return lambda state, batch: jitted(state, batch, teacher_variables)

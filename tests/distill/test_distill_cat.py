@@ -1,0 +1,103 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compressjax.cost import profile
+from compressjax.distill.cat import cat_prune, generator_macs, prunable_scales, prune_at
+from compressjax.distill.pix2pix import pix2pix_init
+from compressjax.models.generator import Generator
+
+BRANCHES = (("conv", 1), ("conv", 3), ("dw", 3), ("dw", 5))
+TEACHER = Generator(out_channels=3, down_widths=(6, 8, 12), block_widths=((12, 12, 12, 12),) * 2,
+                    up_widths=(8, 6), branches=BRANCHES)
+X = jnp.ones((2, 16, 16, 1))
+VARS = pix2pix_init(TEACHER, 0, X)
+
+
+def hand_macs(g: Generator, h: int, w: int, in_c: int = 1) -> int:
+  """Per-example MACs counted by hand (conv: out pixels * k^2 * in/groups * out)."""
+  macs = h * w * 49 * in_c * g.down_widths[0]
+  for i in range(1, len(g.down_widths)):
+    macs += (h >> i) * (w >> i) * 9 * g.down_widths[i - 1] * g.down_widths[i]
+  n = len(g.down_widths) - 1
+  hw, c = (h >> n) * (w >> n), g.down_widths[-1]
+  for widths in g.block_widths:
+    for (kind, k), bw in zip(g.branches, widths):
+      if bw and kind == "conv":
+        macs += hw * (k * k * c * bw + bw * c)
+      elif bw:
+        macs += hw * (c * bw + k * k * bw + bw * c)
+  c_in = c
+  for i, cw in enumerate(g.up_widths):  # ConvTranspose: input pixels * 9 * in * out
+    macs += (h >> (n - i)) * (w >> (n - i)) * 9 * c_in * cw
+    c_in = cw
+  return macs + h * w * 49 * c_in * g.out_channels
+
+
+def _with_scales(variables, fn):
+  """Variables whose prunable norm scales are set by fn(path, size)."""
+  p = jax.tree.map(lambda a: a, dict(variables["params"]))
+  for path in prunable_scales(TEACHER, variables):
+    node = p
+    parts = path.split("/")
+    for name in parts[:-1]:
+      node = node[name]
+    node[parts[-1]] = {**node[parts[-1]], "scale": jnp.asarray(fn(path, node[parts[-1]]["scale"].size))}
+  return {**variables, "params": p}
+
+
+def test_generator_macs_match_a_hand_count():
+  assert generator_macs(TEACHER, X) == hand_macs(TEACHER, 16, 16)
+  thin = TEACHER.clone(down_widths=(3, 5, 7), block_widths=((0, 2, 0, 5), (0, 0, 0, 0)),
+                       up_widths=(4, 2))
+  assert generator_macs(thin, X) == hand_macs(thin, 16, 16)
+
+
+def test_bisection_lands_at_or_under_target_and_is_the_widest_such_network():
+  full = generator_macs(TEACHER, X)
+  res = cat_prune(TEACHER, VARS, X, full / 4, min_width=2)
+  assert res.macs <= res.target_macs == full / 4
+  assert res.original_macs == full
+  # the shrunk generator runs and the cost model agrees with the reported and hand counts
+  v = pix2pix_init(res.generator, 1, X)
+  assert jax.jit(res.generator.apply)(v, X).shape == (2, 16, 16, 3)
+  assert profile(res.generator, X).macs == res.macs == hand_macs(res.generator, 16, 16)
+  # one more channel (the next lower threshold) would exceed the target
+  scales = prunable_scales(TEACHER, VARS)
+  below = max(s for v_ in scales.values() for s in v_ if s < res.threshold)
+  assert generator_macs(prune_at(TEACHER, scales, below, 2)[0], X) > res.target_macs
+  assert min(res.generator.down_widths + res.generator.up_widths) >= 2
+  loose = cat_prune(TEACHER, VARS, X, full + 1)
+  assert loose.generator == TEACHER
+
+
+def test_branches_with_small_gammas_are_removed_and_min_width_is_kept():
+  def scales(path, n):
+    if path.startswith("block_1"):  # the whole second block is weak
+      return np.full(n, 1e-3)
+    if path == "block_0/branch_2/norm1":
+      return np.full(n, 2e-3)
+    if path.startswith(("down", "up")):
+      return np.full(n, 1e-3)  # below threshold: only min_width survive
+    return np.linspace(0.5, 1.5, n)
+  v = _with_scales(VARS, scales)
+  thin = TEACHER.clone(down_widths=(3, 3, 3), block_widths=((12,) * 4, (0,) * 4), up_widths=(3, 3))
+  # one MAC less than keeping every channel above 1e-3 forces the 2e-3 branch out as well
+  res = cat_prune(TEACHER, v, X, generator_macs(thin, X) - 1, min_width=3)
+  g = res.generator
+  assert g == thin.clone(block_widths=((12, 12, 0, 12), (0,) * 4))
+  assert res.threshold == pytest.approx(2e-3)
+  params = jax.eval_shape(g.init, jax.random.key(0), X)["params"]
+  assert "branch_2" not in params["block_0"] and "block_1" not in params
+  assert res.kept["block_0/branch_0/norm1"].size == g.block_widths[0][0]
+
+
+def test_impossible_targets_and_bad_params_are_refused():
+  with pytest.raises(ValueError, match="below the MACs of the smallest generator"):
+    cat_prune(TEACHER, VARS, X, 1000, min_width=4)
+  with pytest.raises(ValueError, match="min_width"):
+    cat_prune(TEACHER, VARS, X, 1e9, min_width=0)
+  other = TEACHER.clone(block_widths=((12, 12, 12, 12),) * 3)
+  with pytest.raises(ValueError, match="missing"):
+    cat_prune(other, VARS, X, 1e9)

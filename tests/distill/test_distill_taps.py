@@ -1,0 +1,66 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compressjax.core import Rule, compress
+from compressjax.distill.taps import apply_with_taps, available_paths, taps
+from compressjax.models import get_model
+from compressjax.quant import LSQ
+
+X = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+
+
+def _cnn():
+  model = get_model("cnn", 10, widths=(4, 8), hidden=16)
+  return model, model.init(jax.random.key(0), X)
+
+
+def test_taps_return_the_tensors_the_model_computes():
+  model, v = _cnn()
+  feats = taps(model, v, X, ["conv0", "bn0", "hidden", "head"])
+  p = v["params"]
+  conv0 = nn.Conv(4, (3, 3), padding="SAME", use_bias=False).apply(
+      {"params": p["conv0"]}, X)
+  np.testing.assert_allclose(feats["conv0"], conv0, rtol=1e-5, atol=1e-6)
+  bn0 = nn.BatchNorm(use_running_average=True).apply(
+      {"params": p["bn0"], "batch_stats": v["batch_stats"]["bn0"]}, conv0)
+  np.testing.assert_allclose(feats["bn0"], bn0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(feats["head"], model.apply(v, X), rtol=1e-6)
+  hidden_from_head = feats["hidden"]  # Dense output before the ReLU
+  assert hidden_from_head.shape == (3, 16)
+  relu_hidden = jax.nn.relu(hidden_from_head)
+  np.testing.assert_allclose(relu_hidden @ p["head"]["kernel"] + p["head"]["bias"], feats["head"],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_taps_under_jit_and_with_mutable_state():
+  model, v = _cnn()
+  jitted = jax.jit(lambda v, x: taps(model, v, x, ["conv1"]))(v, X)
+  np.testing.assert_allclose(jitted["conv1"], taps(model, v, X, ["conv1"])["conv1"], rtol=1e-6)
+  out, feats, state = apply_with_taps(model, v, X, paths=["bn1"], mutable=["batch_stats"],
+                                      train=True)
+  ref_out, ref_state = model.apply(v, X, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(out, ref_out, rtol=1e-6)
+  assert set(state) == {"batch_stats"}
+  jax.tree.map(np.testing.assert_array_equal, state, dict(ref_state))
+  assert feats["bn1"].shape == (3, 4, 4, 8)
+
+
+def test_taps_see_compressed_models_unchanged_paths():
+  model, _ = _cnn()
+  qmodel = compress(model, [Rule(pattern="conv", weight=LSQ(bits=4))])
+  qv = qmodel.init(jax.random.key(0), X)
+  feats = taps(qmodel, qv, X, ["conv0", "head"])
+  np.testing.assert_allclose(feats["head"], qmodel.apply(qv, X), rtol=1e-6)
+  assert "conv0" in available_paths(qmodel, qv, X)
+
+
+def test_unknown_path_is_refused_with_the_available_paths():
+  model, v = _cnn()
+  with pytest.raises(ValueError, match=r"\['conv9'\].*available paths: bn0, bn1, conv0"):
+    taps(model, v, X, ["conv0", "conv9"])
+  with pytest.raises(TypeError, match="sequence"):
+    taps(model, v, X, "conv0")
+  assert available_paths(model, v, X) == ["bn0", "bn1", "conv0", "conv1", "head", "hidden"]
