@@ -15,3 +15,4 @@ from compressjax.core.matching import UnusedRuleWarning
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import SITE_TYPES, Site, discover
 from compressjax.core.transform import Chain, Transform, chain
+from compressjax.core.zeros import KeepZeros, keep_zeros
