@@ -43,25 +43,38 @@ Array = jax.Array
 __all__ = ["Budget", "hawq_allocation", "hutchinson_trace", "site_traces"]
 
 
-def hutchinson_trace(f: Callable[[Any], Array], params: Any, key: Array, num_samples: int = 64) -> Any:
-  """Per-leaf Hessian trace estimates of scalar ``f`` at ``params`` (a pytree of scalars).
+def hutchinson_trace(f: Callable[..., Array], params: Any, key: Array, num_samples: int = 64,
+                     args: tuple = (), chunk: int = 16) -> Any:
+  """Per-leaf Hessian trace estimates of scalar ``f(params, *args)`` w.r.t. ``params``.
 
-  ``mean_s <v_s, H v_s>`` restricted to each leaf, ``v_s`` Rademacher over the whole tree.
+  Returns a pytree of scalars like ``params``: ``mean_s <v_s, H v_s>`` restricted to each leaf,
+  ``v_s`` Rademacher over the whole tree. Pass data through ``args`` rather than closing over
+  it: closed-over arrays become constants that XLA tries to fold (slow compiles). ``chunk``
+  samples are computed at once (memory: ``chunk`` copies of the tangents and activations).
   """
   if num_samples < 1:
     raise ValueError(f"hutchinson_trace: num_samples={num_samples!r}; use at least 1")
   grad_f = jax.grad(f)
   leaves, treedef = jax.tree.flatten(params)
 
-  def sample(k):
+  def rademacher(k):
     keys = jax.random.split(k, len(leaves))
-    v = treedef.unflatten([jax.random.rademacher(kk, jnp.shape(l), jnp.result_type(l))
-                           for kk, l in zip(keys, leaves)])
-    hv = jax.jvp(grad_f, (params,), (v,))[1]
-    return jax.tree.map(lambda a, b: jnp.sum(a * b), v, hv)
+    return treedef.unflatten([jax.random.rademacher(kk, jnp.shape(l), jnp.result_type(l))
+                              for kk, l in zip(keys, leaves)])
 
-  samples = jax.jit(lambda ks: jax.lax.map(sample, ks))(jax.random.split(key, num_samples))
-  return jax.tree.map(lambda s: jnp.mean(s, axis=0), samples)
+  def v_hv(p, a, v):
+    hv = jax.jvp(lambda q: grad_f(q, *a), (p,), (v,))[1]
+    return jax.tree.map(lambda x, y: jnp.sum(x * y), v, hv)
+
+  # Chunks of HVPs vmapped over their random vectors, one jitted call per chunk (on CPU much
+  # faster than lax.map over samples); the vectors come from a separate small program, which
+  # keeps the RNG out of the HVP's compilation.
+  draw = jax.jit(jax.vmap(rademacher))
+  run = jax.jit(jax.vmap(v_hv, in_axes=(None, None, 0)))
+  keys = jax.random.split(key, num_samples)
+  chunks = [run(params, tuple(args), draw(keys[i:i + chunk]))
+            for i in range(0, num_samples, chunk)]
+  return jax.tree.map(lambda *c: jnp.concatenate(c).mean(), *chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +112,15 @@ def site_traces(
   target = {"w": {p: _node(full["params"], p)["kernel"] for p in weights},
             "a": {p: _node(full["params"], p)[names["a"]] for p in inputs}}
 
-  def loss(t):
-    params = jax.tree.map(lambda v: v, full["params"])  # fresh dicts, safe to write into
+  def loss(t, variables, x, y):
+    params = jax.tree.map(lambda v: v, variables["params"])  # fresh dicts, safe to write into
     for operand, values in t.items():
       for p, value in values.items():
         _node(params, p)[names[operand]] = value
-    logits = perturbed.apply({**full, "params": params}, x, train=False)
+    logits = perturbed.apply({**variables, "params": params}, x, train=False)
     return loss_fn(logits, y)
 
-  traces = hutchinson_trace(loss, target, key, num_samples)
+  traces = hutchinson_trace(loss, target, key, num_samples, args=(full, x, y))
   out: dict[str, dict[str, float]] = {}
   for operand in ("w", "a"):
     for p, tr in traces[operand].items():
@@ -153,29 +166,34 @@ def hawq_allocation(
     edge_bits: int = 8,
     num_samples: int = 32,
     alpha_percentile: float = 99.0,
+    traces: dict[str, dict[str, float]] | None = None,
 ) -> BitAllocation:
   """Integer bits for a float ``model`` (``variables``) under ``budget``, by Hessian sensitivity.
 
   Searchable operands and fixed edges are as in :func:`compressjax.quant.fracbits.fracbits`;
   ``(x, y)`` is the batch the Hessian traces and quantization noise are measured on; PACT clip
-  levels for the activation noise are the ``alpha_percentile`` of each input.
+  levels for the activation noise are the ``alpha_percentile`` of each input. ``traces``:
+  :func:`site_traces` already computed (e.g. ``meta["avg_hessian_trace"]`` of an allocation of
+  the same model under another budget); they do not depend on the budget.
   """
   if not 0 < min_bits < max_bits:
     raise ValueError(f"hawq_allocation: min_bits={min_bits}, max_bits={max_bits}; use 0 < min < max")
   sites = discover(model, x)
   check_profile(profile, [s.path for s in sites])
-  fixed_w, fixed_a, units = {}, {}, []
-  layout = edge_rules(sites, _SEARCH, _SEARCH, method=method, edge_bits=edge_bits)
-  for site in sites:
-    rule = first_match(layout, site.path)[1]
-    for operand, t, fixed in (("w", rule.weight, fixed_w), ("a", rule.act, fixed_a)):
-      if t is _SEARCH:
-        units.append((site.path, operand))
-      else:
-        fixed[site.path] = None if t is None else t.bits
-  traces = site_traces(model, variables, x, y, key, num_samples=num_samples,
-                       weights=[p for p, o in units if o == "w"],
-                       inputs=[p for p, o in units if o == "a"])
+  fixed_w, fixed_a, units = _layout(sites, method, edge_bits)
+
+  def assignment(bits: dict) -> tuple[dict, dict]:
+    w, a = dict(fixed_w), dict(fixed_a)
+    for (p, o), b in bits.items():
+      (w if o == "w" else a)[p] = b
+    return w, a
+
+  cost = lambda bits: float(budget.cost(profile, *assignment(bits)))
+  budget.check_reachable(cost({u: min_bits for u in units}), "every searchable operand at min_bits")
+  if traces is None:
+    traces = site_traces(model, variables, x, y, key, num_samples=num_samples,
+                         weights=[p for p, o in units if o == "w"],
+                         inputs=[p for p, o in units if o == "a"])
   acts = jax.jit(lambda v, x: site_inputs(model, v, x, train=False))(variables, x)
   omega = {}
   for p, o in units:
@@ -185,35 +203,10 @@ def hawq_allocation(
       if o == "w":
         noise = _weight_noise(wq, _node(variables["params"], p)["kernel"])
       else:
-        a = acts[p]
-        noise = _act_noise(aq, a, float(np.percentile(np.asarray(a), alpha_percentile)))
+        noise = _act_noise(aq, acts[p], float(np.percentile(np.asarray(acts[p]), alpha_percentile)))
       omega[(p, o, b)] = sens * noise
-
-  def cost(bits: dict) -> float:
-    w, a = dict(fixed_w), dict(fixed_a)
-    for (p, o), b in bits.items():
-      (w if o == "w" else a)[p] = b
-    return float(budget.cost(profile, w, a))
-
-  budget.check_reachable(cost({u: min_bits for u in units}), "every searchable operand at min_bits")
-  bits = {u: max_bits for u in units}
-
-  def step(u, d):
-    trial = {**bits, u: bits[u] + d}
-    return trial, abs(omega[(*u, bits[u] + d)] - omega[(*u, bits[u])]), abs(cost(bits) - cost(trial))
-
-  while cost(bits) > budget.target:
-    moves = [step(u, -1) for u in units if bits[u] > min_bits]
-    bits = min(moves, key=lambda m: m[1] / max(m[2], 1e-12))[0]
-  while True:
-    moves = [m for m in (step(u, +1) for u in units if bits[u] < max_bits)
-             if cost(m[0]) <= budget.target]
-    if not moves:
-      break
-    bits = max(moves, key=lambda m: m[1] / max(m[2], 1e-12))[0]
-  w, a = dict(fixed_w), dict(fixed_a)
-  for (p, o), b in bits.items():
-    (w if o == "w" else a)[p] = b
+  bits = _greedy(units, omega, cost, budget.target, min_bits, max_bits)
+  w, a = assignment(bits)
   final = cost(bits)
   ordered = [s.path for s in sites]
   return BitAllocation.create(
@@ -221,3 +214,36 @@ def hawq_allocation(
       meta={"budget_kind": budget.kind, "target": budget.target, "cost": final,
             "relative_error": budget.relative_error(final), "avg_hessian_trace": traces},
   )
+
+
+def _layout(sites, method: Method, edge_bits: int) -> tuple[dict, dict, list[tuple[str, str]]]:
+  """Fixed edge bits (w, a) and the searchable ``(path, "w" | "a")`` operands, as FracBits."""
+  fixed_w, fixed_a, units = {}, {}, []
+  layout = edge_rules(sites, _SEARCH, _SEARCH, method=method, edge_bits=edge_bits)
+  for site in sites:
+    rule = first_match(layout, site.path)[1]
+    for operand, t, fixed in (("w", rule.weight, fixed_w), ("a", rule.act, fixed_a)):
+      if t is _SEARCH:
+        units.append((site.path, operand))
+      else:
+        fixed[site.path] = None if t is None else t.bits
+  return fixed_w, fixed_a, units
+
+
+def _greedy(units, omega, cost, target: float, min_bits: int, max_bits: int) -> dict:
+  """From ``max_bits`` everywhere: drop the cheapest bit (dOmega / dCost) until under
+  ``target``, then add back the most valuable bits that still fit."""
+  bits = {u: max_bits for u in units}
+
+  def move(u, d):
+    trial = {**bits, u: bits[u] + d}
+    gain = abs(omega[(*u, bits[u] + d)] - omega[(*u, bits[u])])
+    return trial, gain / max(abs(cost(bits) - cost(trial)), 1e-12)
+
+  while cost(bits) > target:
+    bits = min((move(u, -1) for u in units if bits[u] > min_bits), key=lambda m: m[1])[0]
+  while True:
+    fits = [m for m in (move(u, +1) for u in units if bits[u] < max_bits) if cost(m[0]) <= target]
+    if not fits:
+      return bits
+    bits = max(fits, key=lambda m: m[1])[0]

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,19 @@ class BitAllocation:
     if bad:
       raise ValueError(f"input bits must be one integer per site; got lists at {sorted(bad)}")
     return cls(w, a, method, dict(meta or {}))
+
+  @classmethod
+  def uniform(cls, paths: Sequence[str], bits: int, edge_bits: int = 8) -> BitAllocation:
+    """``bits`` everywhere in the layout FracBits and HAWQ search in: the first site keeps
+    ``edge_bits`` weights and a float input, the last ``edge_bits`` weights and inputs."""
+    paths = list(paths)
+    if not paths:
+      raise ValueError("BitAllocation.uniform: no site paths given")
+    w = {p: bits for p in paths}
+    a = dict(w)
+    w[paths[0]], a[paths[0]] = edge_bits, None
+    w[paths[-1]], a[paths[-1]] = edge_bits, edge_bits
+    return cls.create(w, a, method=f"uniform{bits}")
 
   @property
   def paths(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from compressjax import cost
-from compressjax.core import compress, discover
+from compressjax.core import compress
 from compressjax.models import CNN, MLP
 from compressjax.quant import PACT, SAT, DoReFa
 from compressjax.quant import fracbits as fb
