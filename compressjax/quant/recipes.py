@@ -22,6 +22,11 @@ _RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
     "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a)),
     "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation", signed=False)),
     "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation")),
+    # SAT's later "centered" weight grid: no -2^-b mean shift (see experiments/results).
+    "sat_centered": lambda w, a: (
+        SAT(bits=w, kind="weight", grid="centered"),
+        SAT(bits=a, kind="activation"),
+    ),
     # Post-training: per-channel weight ranges, activation ranges calibrated on data.
     "uniform": lambda w, a: (
         Uniform(bits=w, granularity=PER_CHANNEL),
