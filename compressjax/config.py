@@ -53,8 +53,27 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The device mesh ``fit`` runs on: axes ("data", "fsdp"), data-parallel over both.
+
+  Batches are split over all ``data x fsdp`` devices. With ``fsdp > 1`` every parameter of at
+  least ``fsdp_min_size`` elements is sharded along its largest axis divisible by ``fsdp``
+  (FSDP/ZeRO-3 style); its optimizer state and quantizer state follow it. ``data=-1`` uses
+  every device not taken by ``fsdp``. The default is plain data parallelism on all devices.
+  """
+
+  data: int = -1
+  fsdp: int = 1
+  fsdp_min_size: int = 2**16
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Training loop: length, batching, seeding, evaluation, checkpointing, logging."""
+  """Training loop: length, batching, seeding, evaluation, checkpointing, logging, devices.
+
+  ``mesh``, ``distributed`` and ``prefetch`` say how a run is executed, not what it computes:
+  a run may resume with other values (e.g. on another mesh).
+  """
 
   epochs: int = 10
   steps: int | None = None  # if set, overrides epochs
@@ -66,6 +85,25 @@ class TrainConfig:
   max_to_keep: int = 2
   log_every_steps: int = 50
   progress: bool | None = None  # None: only when stderr is a terminal
+  mesh: MeshConfig = MeshConfig()
+  distributed: bool = False  # jax.distributed.initialize (multi-host; see train/mesh.py)
+  prefetch: int = 2  # batches placed on the devices ahead of the step (0: no background thread)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+  """Optional quantization-aware training of the model (``method=None``: train in float).
+
+  ``method`` names a recipe of :mod:`compressjax.quant.recipes` (lsq, sat, dorefa_pact,
+  uniform); ``edge_bits`` apply to the first and last site. ``init_from`` is the workdir of a
+  float run of the same model to fine-tune from (None: quantize from scratch).
+  """
+
+  method: str | None = None
+  w_bits: int = 4
+  a_bits: int = 4
+  edge_bits: int = 8
+  init_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +115,15 @@ class Config:
   model: ModelConfig = ModelConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
+  quant: QuantConfig = QuantConfig()
 
 
 _POSITIVE = {"train.epochs", "train.steps", "train.batch_size", "train.eval_every_epochs",
              "train.eval_every_steps", "train.checkpoint_every_steps", "train.max_to_keep",
-             "train.log_every_steps", "data.image_size", "optim.lr"}
+             "train.log_every_steps", "data.image_size", "optim.lr", "train.mesh.fsdp",
+             "train.mesh.fsdp_min_size", "quant.w_bits", "quant.a_bits", "quant.edge_bits"}
 _NON_NEGATIVE = {"optim.momentum", "optim.weight_decay", "optim.warmup_epochs",
-                 "optim.end_lr_factor", "optim.grad_clip_norm"}
+                 "optim.end_lr_factor", "optim.grad_clip_norm", "train.prefetch"}
 
 
 def digits_cnn() -> Config:
@@ -216,6 +256,8 @@ def _check_range(key: str, value: Any) -> None:
     raise ValueError(f"bad value for {key}: {value!r} (must be > 0)")
   if key in _NON_NEGATIVE and value < 0:
     raise ValueError(f"bad value for {key}: {value!r} (must be >= 0)")
+  if key == "train.mesh.data" and value != -1 and value < 1:
+    raise ValueError(f"bad value for {key}: {value!r} (must be >= 1, or -1 for all devices)")
 
 
 def config_from_dict(data: Any, cls: type = Config, prefix: str = "") -> Any:

@@ -3,13 +3,19 @@
 Layout: ``<workdir>/checkpoints/<step>/{state,meta}``. Restoring into a model whose variables
 differ (another architecture, other widths) fails with one line naming the mismatching paths
 and shapes instead of an orbax/tensorstore error.
+
+Arrays are saved with their shardings and restored onto the target's (any mesh: a run saved on
+8 devices restores on 1); targets without a sharding, and ``restore_variables``, land on the
+default device (replicated over every device when there are several processes).
 """
 
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from compressjax.train.state import TrainState, Variables
 
@@ -41,7 +47,8 @@ class Checkpoints:
     """Restores (state, meta) shaped like ``target`` (arrays or ShapeDtypeStructs)."""
     step = self._step(step)
     check_compatible(self._saved_tree(step), target, f"{self.directory}/{step}")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(_placed(target)),
+                              meta=ocp.args.JsonRestore())
     restored = self.manager.restore(step, args=args)
     return restored.state, restored.meta
 
@@ -57,7 +64,7 @@ class Checkpoints:
       target = {"params": like["params"], "model_state": {k: v for k, v in like.items()
                                                           if k != "params"}}
       check_compatible({k: saved[k] for k in target}, target, f"{self.directory}/{step}")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(_placed(saved)))
     state = self.manager.restore(step, args=args).state
     return {"params": state["params"], **state["model_state"]}
 
@@ -77,6 +84,26 @@ class Checkpoints:
   def _saved_tree(self, step: int) -> Any:
     metadata = self.manager.item_metadata(step)["state"]
     return getattr(metadata, "tree", metadata)
+
+
+def default_sharding() -> jax.sharding.Sharding:
+  """The first device, or every device (replicated) when there are several processes."""
+  if jax.process_count() == 1:
+    return SingleDeviceSharding(jax.devices()[0])
+  return NamedSharding(Mesh(np.asarray(jax.devices()), ("devices",)), PartitionSpec())
+
+
+def _placed(target: Any) -> Any:
+  """``target`` (arrays, ShapeDtypeStructs or checkpoint metadata) as ShapeDtypeStructs with a
+  sharding each: their own, else ``default_sharding()``."""
+  default = default_sharding()
+
+  def place(x: Any) -> jax.ShapeDtypeStruct:
+    sharding = getattr(x, "sharding", None)  # metadata has orbax's own, not a jax Sharding
+    sharding = sharding if isinstance(sharding, jax.sharding.Sharding) else default
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(place, target)
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

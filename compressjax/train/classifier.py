@@ -15,17 +15,22 @@ import jax
 import numpy as np
 import optax
 
-from compressjax.config import Config, load_config, save_config
+from compressjax.config import Config, MeshConfig, config_from_dict, load_config, save_config
 from compressjax.data import Dataset, get_augment, load_dataset, steps_per_epoch
 from compressjax.models import get_model
 from compressjax.train.checkpoint import load_checkpoint
 from compressjax.train.evaluate import evaluate
 from compressjax.train.loop import fit, total_steps
+from compressjax.train.mesh import initialize_distributed, make_mesh
 from compressjax.train.optim import make_optimizer
+from compressjax.train.quantized import INIT_EXAMPLES, quantize_model, quantized_init
+from compressjax.train.sharding import replicated, state_shardings, with_shardings
 from compressjax.train.state import TrainState, create_train_state
 from compressjax.train.steps import make_eval_step, make_train_step
 
 CONFIG_FILE = "config.json"
+# How a run executes, not what it computes: a resume may change them (e.g. another mesh).
+_EXECUTION_KEYS = ("train.mesh.", "train.distributed", "train.prefetch")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,8 +47,11 @@ class Setup:
 def setup(cfg: Config, *, abstract: bool = False) -> Setup:
   """Loads the data and builds model, optimizer and initial state (seeded by train.seed).
 
-  With ``abstract``, the state holds only shapes and dtypes (``jax.eval_shape``): enough to
-  restore a checkpoint into, without compiling the initialisation.
+  With a ``quant`` method the model is the quantized one (QAT), initialised from the float run
+  ``quant.init_from`` if given. The state is created already sharded over the mesh of
+  ``train.mesh`` (every process computes its own shards). With ``abstract``, the state holds
+  only shapes, dtypes and shardings (``jax.eval_shape``): enough to restore a checkpoint into,
+  without compiling the initialisation.
   """
   d = cfg.data
   dataset = load_dataset(d.name, data_dir=d.data_dir, split_seed=d.split_seed,
@@ -52,9 +60,24 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
   optimizer = make_optimizer(
       cfg.optim, total_steps=total_steps(cfg.train, len(dataset.train)),
       steps_per_epoch=steps_per_epoch(len(dataset.train), cfg.train.batch_size))
-  example = np.zeros((1, *dataset.input_shape), np.float32)
-  init = lambda: create_train_state(model, optimizer, example, jax.random.PRNGKey(cfg.train.seed))
-  state = jax.eval_shape(init) if abstract else init()
+  rng = jax.random.PRNGKey(cfg.train.seed)
+  if cfg.quant.method is None:
+    example = np.zeros((1, *dataset.input_shape), np.float32)
+    init, args = (lambda: create_train_state(model, optimizer, example, rng)), ()
+  else:
+    count = min(INIT_EXAMPLES, len(dataset.train))
+    examples = (jax.ShapeDtypeStruct((count, *dataset.input_shape), np.float32) if abstract
+                else dataset.train.take(np.arange(count))[0])
+    float_model, model = model, quantize_model(cfg.quant, model, examples)
+    init, args = quantized_init(cfg.quant, float_model, model, optimizer, examples, rng,
+                                abstract=abstract)
+  mesh = make_mesh(cfg.train.mesh)
+  shape = jax.eval_shape(init, *args)
+  shardings = state_shardings(shape, mesh, cfg.train.mesh.fsdp_min_size)
+  if abstract:
+    state = with_shardings(shape, shardings)
+  else:
+    state = jax.jit(init, in_shardings=replicated(mesh), out_shardings=shardings)(*args)
   return Setup(cfg, dataset, model, optimizer, state)
 
 
@@ -65,6 +88,7 @@ def param_count(params: Any) -> int:
 def train_classifier(cfg: Config, workdir: str, *,
                      stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains (or resumes) ``cfg`` in ``workdir``; returns a summary with test accuracy."""
+  initialize_distributed(cfg.train)  # before anything else touches JAX
   workdir = os.path.abspath(workdir)
   t0 = time.time()
   s = setup(cfg)  # fails on bad data/model settings before the workdir is touched
@@ -73,10 +97,13 @@ def train_classifier(cfg: Config, workdir: str, *,
   result = fit(s.state, make_train_step(s.model, s.optimizer), s.dataset.train, cfg.train,
                workdir=workdir, eval_step=make_eval_step(s.model), eval_data=s.dataset.test,
                augment=augment, stop_after_steps=stop_after_steps)
+  mesh = make_mesh(cfg.train.mesh)
   return {
       "config": cfg.name,
       "dataset": cfg.data.name,
       "model": cfg.model.name,
+      "quant": dataclasses.asdict(cfg.quant) if cfg.quant.method else None,
+      "mesh": "x".join(map(str, mesh.devices.shape)),
       "params": param_count(result.state.params),
       "steps": int(result.state.step),
       "test_accuracy": result.eval_metrics.get("accuracy"),
@@ -95,28 +122,41 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict[str, Any]:
     raise FileNotFoundError(f"{workdir} is not a training run (no {CONFIG_FILE}); "
                             "run `compressjax train --workdir DIR` first")
   cfg = load_config(path)
+  # Plain data parallelism on this machine's devices, whatever mesh trained the run.
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mesh=MeshConfig()))
   s = setup(cfg, abstract=True)
   state, _ = load_checkpoint(workdir, s.state, step)
-  metrics = evaluate(make_eval_step(s.model), state, s.dataset.test, cfg.train.batch_size)
+  mesh = make_mesh(cfg.train.mesh)
+  eval_step = jax.jit(make_eval_step(s.model), out_shardings=replicated(mesh))
+  metrics = evaluate(eval_step, state, s.dataset.test, cfg.train.batch_size, mesh=mesh)
   return {"config": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name,
           "step": int(state.step), "test_accuracy": metrics["accuracy"],
           "test_loss": metrics["loss"], "workdir": workdir}
 
 
 def _claim_workdir(cfg: Config, workdir: str) -> None:
-  """Writes config.json, or checks that an existing one is the same config (a resume)."""
+  """Writes config.json, or checks that an existing one is the same config (a resume).
+
+  Fields the saved config lacks (written by an older version) count as their defaults; the
+  execution fields (mesh, distributed, prefetch) may differ. Only process 0 writes.
+  """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    saved = _flat(json.loads(open(path).read()))
-    now = _flat(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    with open(path) as f:
+      saved = _flat(_as_json(config_from_dict(json.load(f))))
+    now = _flat(_as_json(cfg))
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
+             if saved.get(k) != now.get(k) and not k.startswith(_EXECUTION_KEYS)]
     if diffs:
       raise ValueError(f"workdir {workdir} holds a run of another config ({'; '.join(diffs[:4])}); "
                        "use a new --workdir")
-  else:
+  elif jax.process_index() == 0:
     save_config(cfg, path)
+
+
+def _as_json(cfg: Config) -> dict[str, Any]:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from compressjax.data import Split, batches
+from compressjax.train.global_batches import process_rows, to_global
 from compressjax.train.state import TrainState
 from compressjax.train.steps import EvalStep
 
@@ -20,13 +22,25 @@ def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nda
   return padded
 
 
-def evaluate(eval_step: EvalStep, state: TrainState, data: Split,
-             batch_size: int) -> dict[str, float]:
-  """Means of the eval step's summed metrics over every example of ``data`` (no shuffling)."""
+def evaluate(eval_step: EvalStep, state: TrainState, data: Split, batch_size: int, *,
+             mesh: Mesh | None = None) -> dict[str, float]:
+  """Means of the eval step's summed metrics over every example of ``data`` (no shuffling).
+
+  With a ``mesh``, batches are padded to a multiple of its device count and split over it,
+  each process reading only its rows; ``eval_step`` must return replicated sums (jit it with
+  ``out_shardings``).
+  """
   batch_size = min(batch_size, len(data))
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    data, local_size = process_rows(data, batch_size), batch_size // jax.process_count()
   totals = None
   for batch in batches(data, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False):
-    sums = eval_step(state, pad_batch(batch, batch_size))
+    if mesh is None:
+      batch = pad_batch(batch, batch_size)
+    else:
+      batch = to_global(pad_batch(batch, local_size), mesh, batch_size)
+    sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   totals = jax.device_get(totals)
   count = totals.pop("count")

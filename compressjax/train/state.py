@@ -46,10 +46,18 @@ def create_train_state(
 
   def init(rng: jax.Array, example_x: jax.Array) -> TrainState:
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-    variables = dict(model.init({"params": params_rng, "dropout": dropout_rng}, example_x,
-                                train=False))
-    params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=optimizer.init(params), rng=state_rng)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, example_x,
+                           train=False)
+    return state_from_variables(variables, optimizer, state_rng)
 
   return jax.jit(init)(rng, example_x)
+
+
+def state_from_variables(variables: Variables, optimizer: optax.GradientTransformation,
+                         rng: jax.Array) -> TrainState:
+  """A step-0 state holding ``variables`` (e.g. a compressed model initialised from a float
+  run) with a fresh optimizer state; ``rng`` becomes the state's base key."""
+  variables = dict(variables)
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=optimizer.init(params), rng=rng)

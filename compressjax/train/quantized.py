@@ -1,0 +1,53 @@
+"""The model and initial state of a config's ``quant`` section (QAT from ``compressjax train``).
+
+Same recipe as :func:`compressjax.quant.qat.quantize_classifier`: the rules of a named recipe
+(:mod:`compressjax.quant.recipes`) with ``edge_bits`` at the first and last site, quantizer
+state initialised on a batch of training images, from the float weights of
+``quant.init_from`` (a float run's workdir) or from the fresh initialisation.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from compressjax.config import QuantConfig
+from compressjax.core import compress, discover, init_from
+from compressjax.quant.recipes import recipe_rules
+from compressjax.train.checkpoint import restore_variables
+from compressjax.train.state import TrainState, create_train_state, state_from_variables
+
+INIT_EXAMPLES = 256  # images that initialise activation quantizers (as quant.qat does)
+
+
+def quantize_model(cfg: QuantConfig, model: nn.Module, example: np.ndarray) -> nn.Module:
+  """``model`` compressed with the rules of ``cfg.method`` (``example``: one input batch)."""
+  rules = recipe_rules(cfg.method, discover(model, example), w_bits=cfg.w_bits,
+                       a_bits=cfg.a_bits, edge_bits=cfg.edge_bits)
+  return compress(model, rules)
+
+
+def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
+                   optimizer: optax.GradientTransformation, examples: Any, rng: jax.Array, *,
+                   abstract: bool) -> tuple[Callable[..., TrainState], tuple[Any, ...]]:
+  """``(init, args)``: ``init(*args)`` is the pure (jittable) start state of ``qmodel``.
+
+  ``examples`` are the images that initialise the quantizers (a ShapeDtypeStruct with
+  ``abstract``: then the float run is not read either, and the args only carry shapes for
+  ``jax.eval_shape``).
+  """
+  if cfg.init_from is None:
+    return (lambda x: create_train_state(qmodel, optimizer, x, rng)), (examples,)
+  like = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), examples)
+  float_vars = like if abstract else restore_variables(os.path.abspath(cfg.init_from), like)
+  state_rng = jax.random.split(rng, 3)[2]  # the base key create_train_state would keep
+
+  def init(float_vars: Any, x: jax.Array) -> TrainState:
+    return state_from_variables(init_from(qmodel, float_vars, x, train=False), optimizer,
+                                state_rng)
+
+  return init, (float_vars, examples)
