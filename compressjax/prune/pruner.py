@@ -12,6 +12,7 @@ floats) whatever the optimizer did (momentum, Adam moments, weight decay), and e
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from compressjax.prune.schedules import Schedule, one_shot
-from compressjax.prune.selection import Rule, leaf_paths, select
+from compressjax.prune.selection import Rule, kernel_paths, leaf_paths, select
 
 ScoreFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
@@ -92,6 +93,14 @@ def pruner(
 
   def init(params):
     paths = set(plan(params, warn=True))
+    if not paths:
+      warnings.warn(f"pruner selected no kernel of {kernel_paths(params)}; nothing is pruned",
+                    stacklevel=2)
+    elif skip_first_last and order is None:
+      kernels = kernel_paths(params)
+      warnings.warn(f"pruner keeps {kernels[0]!r} and {kernels[-1]!r} dense as the first and last "
+                    f"layer by name order; pass order=prune.call_order(model, variables, x) if "
+                    f"that is not the call order", stacklevel=2)
     by_path = {p: jnp.ones(x.shape, bool) for p, x in leaf_paths(params) if p in paths}
     return PrunerState(jnp.zeros([], jnp.int32), _tree_from_paths(params, by_path), key)
 

@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from compressjax import prune
+from compressjax.core.matching import UnusedRuleWarning
 
 
 def make_params(seed=0):
@@ -117,7 +118,8 @@ def test_saliency_uses_the_gradient():
             "c": {"kernel": jnp.ones((4, 1))}}
   grads = jax.tree.map(jnp.zeros_like, params)
   grads["b"]["kernel"] = jnp.arange(16.0).reshape(4, 4)
-  _, masks = prune.prune_once(prune.saliency(0.25), params, grads)
+  order = ["a/kernel", "b/kernel", "c/kernel"]
+  _, masks = prune.prune_once(prune.saliency(0.25, order=order), params, grads)
   expected = np.arange(16).reshape(4, 4) >= 4
   np.testing.assert_array_equal(masks["b"]["kernel"], expected)
   assert masks["a"]["kernel"] is None and masks["c"]["kernel"] is None  # first/last skipped
@@ -168,3 +170,22 @@ def test_apply_masks_and_get_masks_errors():
 def test_bad_options_are_refused(kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     prune.magnitude(**kwargs)
+
+
+def test_first_last_by_name_order_and_empty_selection_are_warned():
+  params = make_params()
+  with pytest.warns(UserWarning, match="'conv/kernel' and 'fc2/kernel' dense"):
+    prune.magnitude(0.5).init(params)
+  with pytest.warns(UnusedRuleWarning), pytest.warns(UserWarning, match="selected no kernel"):
+    prune.magnitude(0.5, layers=[prune.Rule("conv")]).init(params)  # conv is first: skipped
+
+
+def test_erk_pruner_follows_the_erk_allocation():
+  params = make_params()
+  _, masks = prune.prune_once(prune.magnitude(0.8, allocation="erk", skip_first_last=False),
+                              params)
+  shapes = {p: params[p]["kernel"].shape for p in ("conv", "fc1", "fc2")}
+  expected = prune.erk(0.8, shapes)
+  for p, n in shapes.items():
+    m = np.asarray(masks[p]["kernel"])
+    assert 1 - m.mean() == pytest.approx(expected[p], abs=0.5 / m.size)
