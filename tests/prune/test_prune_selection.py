@@ -51,7 +51,7 @@ def test_rules_first_match_wins_and_unmatched_stay_dense(net):
 
 def test_unused_rule_is_warned(net):
   _, variables, _ = net
-  with pytest.warns(UnusedRuleWarning, match="convv"):
+  with pytest.warns(UnusedRuleWarning, match="convv"), pytest.warns(UserWarning, match="no kernel"):
     prune.magnitude(0.5, layers=[prune.Rule("convv")]).init(variables["params"])
 
 
