@@ -17,7 +17,7 @@ def _check(a: jax.Array, b: jax.Array) -> None:
 
 
 def psnr(a: jax.Array, b: jax.Array, data_range: float = 2.0) -> jax.Array:
-  """Per-image peak signal-to-noise ratio in dB, (B,); ``data_range`` is max - min (2 for [-1, 1])."""
+  """Per-image PSNR in dB, (B,); ``data_range`` is max - min of the scale (2 for [-1, 1])."""
   _check(a, b)
   mse = jnp.mean((a.astype(jnp.float32) - b.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
   return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-12))

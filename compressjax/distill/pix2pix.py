@@ -179,9 +179,13 @@ def generate(generator: nn.Module, variables: Any, inputs: np.ndarray,
                          for i in range(0, len(inputs), batch_size)])
 
 
+def image_scores(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  """Mean PSNR (dB) and SSIM of outputs against targets, both in [-1, 1]."""
+  return {"psnr": float(jnp.mean(psnr(outputs, targets, 2.0))),
+          "ssim": float(jnp.mean(ssim(outputs, targets, 2.0)))}
+
+
 def evaluate_generator(generator: nn.Module, variables: Any, inputs: np.ndarray,
                        targets: np.ndarray) -> dict[str, float]:
-  """Mean PSNR (dB) and SSIM of the generator's outputs against targets, both in [-1, 1]."""
-  fake = generate(generator, variables, inputs)
-  return {"psnr": float(jnp.mean(psnr(fake, targets, 2.0))),
-          "ssim": float(jnp.mean(ssim(fake, targets, 2.0)))}
+  """``image_scores`` of the generator's outputs (``train=False``) for ``inputs``."""
+  return image_scores(generate(generator, variables, inputs), targets)

@@ -7,7 +7,7 @@ each -> ``down_i_norm`` -> ReLU; inception-residual blocks ``block_i`` on the re
 normalises the sum and adds it to its input:
 
   conv k:  k x k conv (C -> w) -> norm1 -> ReLU -> 1x1 conv (w -> C)
-  dw k:    1x1 conv (C -> w) -> norm1 -> ReLU -> k x k depthwise conv -> norm2 -> ReLU -> 1x1 (w -> C)
+  dw k:    1x1 conv (C -> w) -> norm1 -> ReLU -> k x k depthwise -> norm2 -> ReLU -> 1x1 (w -> C)
 
 Every width is a constructor field, so a pruned generator is a genuinely thinner module of this
 class; a branch of width 0 does not exist (no parameters, no MACs) and keeps its index in the

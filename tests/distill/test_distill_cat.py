@@ -43,7 +43,8 @@ def _with_scales(variables, fn):
     parts = path.split("/")
     for name in parts[:-1]:
       node = node[name]
-    node[parts[-1]] = {**node[parts[-1]], "scale": jnp.asarray(fn(path, node[parts[-1]]["scale"].size))}
+    norm = node[parts[-1]]
+    node[parts[-1]] = {**norm, "scale": jnp.asarray(fn(path, norm["scale"].size))}
   return {**variables, "params": p}
 
 

@@ -1,6 +1,5 @@
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,9 +11,12 @@ from compressjax.quant import LSQ
 X = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
 
 
+MODEL = get_model("cnn", 10, widths=(4, 8), hidden=16)
+VARS = MODEL.init(jax.random.key(0), X)
+
+
 def _cnn():
-  model = get_model("cnn", 10, widths=(4, 8), hidden=16)
-  return model, model.init(jax.random.key(0), X)
+  return MODEL, VARS
 
 
 def test_taps_return_the_tensors_the_model_computes():
