@@ -94,9 +94,10 @@ class TrainConfig:
 class QuantConfig:
   """Optional quantization-aware training of the model (``method=None``: train in float).
 
-  ``method`` names a recipe of :mod:`compressjax.quant.recipes` (lsq, sat, dorefa_pact,
-  uniform); ``edge_bits`` apply to the first and last site. ``init_from`` is the workdir of a
-  float run of the same model to fine-tune from (None: quantize from scratch).
+  ``method`` names a recipe of :mod:`compressjax.quant.recipes` (``METHODS``: lsq, sat,
+  sat_centered, dorefa_pact, ...); ``edge_bits`` apply to the first and last site. ``init_from``
+  is the workdir of a float run of the same model to fine-tune from (relative paths are from
+  the current directory; None: quantize from scratch).
   """
 
   method: str | None = None

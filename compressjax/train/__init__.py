@@ -1,4 +1,5 @@
-"""Training: TrainState, step builders, the resumable fit loop, orbax checkpoints, optimizers."""
+"""Training: TrainState, step builders, the resumable fit loop on a device mesh, orbax
+checkpoints, optimizers."""
 
 from compressjax.train.checkpoint import (Checkpoints, check_compatible, load_checkpoint,
                                           restore_variables)
@@ -6,9 +7,13 @@ from compressjax.train.classifier import (Setup, evaluate_workdir, param_count, 
                                           train_classifier)
 from compressjax.train.evaluate import evaluate, pad_batch
 from compressjax.train.loop import FitResult, fit, total_steps
+from compressjax.train.mesh import initialize_distributed, make_mesh
 from compressjax.train.metrics_log import MetricsLog, read_metrics
 from compressjax.train.optim import decay_mask, make_optimizer, make_schedule
-from compressjax.train.state import TrainState, Variables, create_train_state
+from compressjax.train.sharding import (batch_sharding, check_batch_size, state_shardings,
+                                        tree_shardings, with_shardings)
+from compressjax.train.state import (TrainState, Variables, create_train_state,
+                                     state_from_variables)
 from compressjax.train.steps import (EvalStep, LossFn, TrainStep, accuracy, apply_gradients,
                                      apply_model, cross_entropy, make_eval_step, make_train_step,
                                      split_loss, step_rng)
@@ -26,6 +31,8 @@ __all__ = [
     "accuracy",
     "apply_gradients",
     "apply_model",
+    "batch_sharding",
+    "check_batch_size",
     "check_compatible",
     "create_train_state",
     "cross_entropy",
@@ -33,8 +40,10 @@ __all__ = [
     "evaluate",
     "evaluate_workdir",
     "fit",
+    "initialize_distributed",
     "load_checkpoint",
     "make_eval_step",
+    "make_mesh",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
@@ -44,6 +53,10 @@ __all__ = [
     "restore_variables",
     "setup",
     "split_loss",
+    "state_from_variables",
+    "state_shardings",
     "step_rng",
     "total_steps",
+    "tree_shardings",
+    "with_shardings",
 ]

@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules built from an ``OptimConfig``.
 
 Weight decay applies to kernels only (arrays of rank >= 2): biases and BatchNorm/LayerNorm
-scales are left alone, the usual recipe for CNNs and transformers.
+scales are left alone, the usual recipe for CNNs and transformers, and so are the quantizer
+parameters of a compressed model (step sizes, clip levels: ``kernel_*``/``input_*``, whatever
+their rank, e.g. per-channel steps shaped like ``(1, 1, 1, C)``).
 """
 
 from typing import Any
@@ -10,6 +12,7 @@ import jax
 import optax
 
 from compressjax.config import OptimConfig
+from compressjax.core.compress import param_labels
 
 
 def make_schedule(cfg: OptimConfig, *, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -28,8 +31,10 @@ def make_schedule(cfg: OptimConfig, *, total_steps: int, steps_per_epoch: int) -
 
 
 def decay_mask(params: Any) -> Any:
-  """True for leaves that get weight decay: arrays of rank >= 2 (kernels, embeddings)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True for leaves that get weight decay: arrays of rank >= 2 (kernels, embeddings) that are
+  not quantizer parameters."""
+  labels = param_labels(params)
+  return jax.tree.map(lambda p, label: p.ndim >= 2 and label == "model", params, labels)
 
 
 def make_optimizer(cfg: OptimConfig, *, total_steps: int,

@@ -3,9 +3,10 @@
 Parameters:
 
 1. a parameter named ``kernel_*`` (the state of a site's weight quantizer: step size, clip
-   level, bit-width) follows its sibling ``kernel``: on each axis where its size equals the
-   kernel's it is sharded like the kernel, where it is 1 (per-channel broadcast shapes) it is
-   not, so per-channel scales live with their channels;
+   level, bit-width) follows its sibling ``kernel``: aligned from the right as in
+   broadcasting, on each axis where its size equals the kernel's it is sharded like the
+   kernel, where it is 1 it is not, so per-channel scales and bit-widths (``(1, 1, 1, C)`` or
+   ``(C,)``) live with their channels; a shape that does not broadcast is replicated;
 2. a parameter of at least ``min_size`` elements is sharded over "fsdp" along its largest axis
    divisible by the fsdp size (the last such axis on ties: output channels);
 3. everything else is replicated.
@@ -18,6 +19,7 @@ Batches are split along their first axis over both mesh axes.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -40,10 +42,7 @@ def _names(path: Any) -> tuple[str, ...]:
 
 def fsdp_axis(shape: tuple[int, ...], fsdp: int, min_size: int) -> int | None:
   """The axis rule 2 shards (largest divisible by ``fsdp``, last on ties), or None."""
-  size = 1
-  for d in shape:
-    size *= d
-  if fsdp == 1 or size < min_size:
+  if fsdp == 1 or math.prod(shape) < min_size:
     return None
   candidates = [a for a, d in enumerate(shape) if d % fsdp == 0]
   return max(candidates, key=lambda a: (shape[a], a)) if candidates else None
@@ -79,10 +78,11 @@ class _ParamIndex:
       return owner.spec
     if names and names[-1].startswith(WEIGHT_PREFIX):
       kernel = self._find(names[:-1] + ("kernel",))
-      if kernel is not None and len(kernel.shape) == len(shape) and all(
-          d in (1, k) for d, k in zip(shape, kernel.shape)):
-        return tuple(axis if d == k else None
-                     for d, k, axis in zip(shape, kernel.shape, kernel.spec))
+      if kernel is not None and len(shape) <= len(kernel.shape):  # broadcast: align right
+        skip = len(kernel.shape) - len(shape)
+        tail, spec = kernel.shape[skip:], kernel.spec[skip:]
+        if all(d in (1, k) for d, k in zip(shape, tail)):
+          return tuple(axis if d == k else None for d, k, axis in zip(shape, tail, spec))
     return (None,) * len(shape)
 
 

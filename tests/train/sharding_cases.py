@@ -14,6 +14,7 @@ from compressjax.data import ArraySplit
 from compressjax.models import CNN
 from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.lsq import LSQ
+from compressjax.quant.uniform import Uniform
 from compressjax.train import create_train_state
 from compressjax.train.mesh import make_mesh
 from compressjax.train.sharding import state_shardings
@@ -64,3 +65,9 @@ def init_state(model, tx, mesh_cfg=None):
       return init()
     shardings = state_shardings(jax.eval_shape(init), make_mesh(mesh_cfg), FSDP_MIN_SIZE)
     return jax.jit(init, out_shardings=shardings)()
+
+
+def calibrated_model():
+  """The CNN with per-channel min/max-calibrated weights: statistics in "quant_stats"."""
+  weight = Uniform(bits=4, granularity=PER_CHANNEL, calibration="minmax", dynamic=False)
+  return compress(CNN(widths=(8, 16), hidden=32), [Rule(pattern=".", weight=weight)])

@@ -2,8 +2,9 @@
 test_train_sharding.py (the pytest process itself keeps one device for the other tests).
 
     python tests/train/sharding_worker.py mesh OUT_DIR
-        8 devices in one process: float and compressed runs on meshes 1, 8x1 and 4x2, the 4x2
-        checkpoint restored onto 8x1 and 1 device, bad input. Writes OUT_DIR/results.json.
+        8 devices in one process: float runs on meshes 1 and 8x1, compressed runs on 1 and 4x2,
+        the 4x2 checkpoint restored onto 8x1 and 1 device, planned shardings, bad input.
+        Writes OUT_DIR/results.json.
     python tests/train/sharding_worker.py multihost PROCESS_ID PORT OUT_DIR
         one of 2 processes of 4 devices each (jax.distributed over localhost, gloo
         collectives): the float run on a 4x2 mesh spanning both. Process 0 writes
@@ -22,12 +23,14 @@ import json
 
 import jax
 import numpy as np
+import optax
 
 from compressjax.config import MeshConfig
 from compressjax.train import fit, load_checkpoint, make_eval_step, make_train_step, read_metrics
 from compressjax.train.mesh import initialize_distributed, make_mesh
-from compressjax.train.sharding import state_shardings, with_shardings
-from sharding_cases import CFG, FSDP_MIN_SIZE, MESHES, TEST, TRAIN, init_state, models
+from compressjax.train.sharding import state_shardings, tree_shardings, with_shardings
+from sharding_cases import (CFG, FSDP_MIN_SIZE, MESHES, TEST, TRAIN, calibrated_model, init_state,
+                            models)
 
 def _fit(model, tx, init, mesh_cfg, workdir):
   result = fit(init, make_train_step(model, tx), TRAIN, dataclasses.replace(CFG, mesh=mesh_cfg),
@@ -49,10 +52,13 @@ def _leaves(tree):
 def run_meshes(out):
   results = {"device_count": jax.device_count(), "curves": {}, "eval": {}, "specs": {}}
   states = {}
-  for name, (model, tx) in models().items():
+  # Float on 8x1 and compressed on 4x2 (the multihost run covers float on 4x2).
+  for name, mesh_names in [("float", ("1", "8x1")), ("compressed", ("1", "4x2"))]:
+    model, tx = models()[name]
     init = init_state(model, tx)
-    for mesh_name, mesh_cfg in MESHES.items():
-      result, curve = _fit(model, tx, init, mesh_cfg, os.path.join(out, f"{name}_{mesh_name}"))
+    for mesh_name in mesh_names:
+      result, curve = _fit(model, tx, init, MESHES[mesh_name],
+                           os.path.join(out, f"{name}_{mesh_name}"))
       key = f"{name}/{mesh_name}"
       results["curves"][key], results["eval"][key] = curve, result.eval_metrics
       results["specs"][key], states[key] = _specs(result.state), result.state
@@ -60,7 +66,7 @@ def run_meshes(out):
       key: max(float(np.max(np.abs(a - b))) for a, b in zip(
           _leaves(states[key].params), _leaves(states[key.split("/")[0] + "/1"].params)))
       for key in states}
-  np.savez(os.path.join(out, "float_1.npz"), *_leaves(states["float/1"]))
+  np.savez(os.path.join(out, "float_1_params.npz"), *_leaves(states["float/1"].params))
 
   # The compressed run's 4x2 checkpoint restored onto other meshes.
   saved, restored = states["compressed/4x2"], {}
@@ -74,6 +80,17 @@ def run_meshes(out):
         "devices": sorted({len(x.sharding.device_set) for x in jax.tree.leaves(state)})}
   results["restored"] = restored
   np.savez(os.path.join(out, "compressed_4x2.npz"), *_leaves(saved))
+
+  # Planned (abstract) shardings: calibration statistics, and per-channel bit-widths shaped
+  # (C,) as FracBits' kernel-wise lambdas are.
+  mesh = make_mesh(MESHES["4x2"])
+  abstract = jax.eval_shape(lambda: init_state(calibrated_model(), optax.sgd(0.1)))
+  results["specs"]["calibrated/4x2"] = _specs(
+      with_shardings(abstract, state_shardings(abstract, mesh, FSDP_MIN_SIZE)))
+  params = {"conv": {"kernel": np.zeros((3, 3, 8, 16)), "kernel_lambda": np.zeros(16),
+                     "kernel_odd": np.zeros(3)}}
+  results["specs"]["bitwidths/4x2"] = _specs(
+      with_shardings(params, tree_shardings(params, params, mesh, FSDP_MIN_SIZE)))
 
   model, tx = models()["float"]
   init, errors = init_state(model, tx), {}

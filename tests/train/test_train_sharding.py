@@ -1,5 +1,6 @@
 """Sharded training on 8 forced CPU devices and on 2 processes, checked from this 1-device
-process: same loss curves as one device, intended shardings, checkpoints across meshes.
+process: same loss curves as one device (float on 8x1, compressed on 4x2, float on 4x2 over 2
+processes), intended shardings, checkpoints across meshes.
 
 The runs happen once, in subprocesses (tests/train/sharding_worker.py), started together.
 """
@@ -45,8 +46,7 @@ def runs(tmp_path_factory):
     return json.load(f), json.load(g), out
 
 
-@pytest.mark.parametrize("model", ["float", "compressed"])
-@pytest.mark.parametrize("mesh", ["8x1", "4x2"])
+@pytest.mark.parametrize("model, mesh", [("float", "8x1"), ("compressed", "4x2")])
 def test_sharded_loss_curve_equals_single_device(runs, model, mesh):
   results = runs[0]
   assert results["device_count"] == 8
@@ -67,13 +67,12 @@ def test_two_processes_equal_single_device(runs):
   for k, v in results["eval"]["float/1"].items():
     np.testing.assert_allclose(multihost["eval"][k], v, rtol=1e-5)
   # Saved by 2 processes on a 4x2 mesh, restored here on 1 device.
-  variables = restore_variables(str(out / "multihost_4x2"))
-  reference = np.load(out / "float_1.npz")
-  single = [reference[f"arr_{i}"] for i in range(len(reference.files))]
-  params_like = jax.tree.leaves(variables["params"])
-  state_params = single[1:1 + len(params_like)]  # TrainState leaves: step, params, ...
-  for got, want in zip(params_like, state_params):
-    np.testing.assert_allclose(got, want, atol=1e-5)
+  params = jax.tree.leaves(restore_variables(str(out / "multihost_4x2"))["params"])
+  single = np.load(out / "float_1_params.npz")
+  assert len(params) == len(single.files)
+  for i, got in enumerate(params):
+    assert got.sharding.device_set == {jax.devices()[0]}
+    np.testing.assert_allclose(got, single[f"arr_{i}"], atol=1e-5)
 
 
 FSDP_LAST = [None, None, None, "fsdp"]
@@ -101,7 +100,21 @@ def test_every_leaf_has_the_intended_sharding(runs):
   for key in (".step", ".rng", ".opt_state[1].step",
               ".model_state['batch_stats']['bn1']['mean']"):
     assert all(a is None for a in specs[key]), key
-  assert all(a is None for spec in runs[0]["specs"]["compressed/8x1"].values() for a in spec)
+  assert all(a is None for spec in runs[0]["specs"]["float/8x1"].values() for a in spec)
+
+
+def test_quantizer_statistics_and_bit_widths_follow_their_kernel(runs):
+  specs = runs[0]["specs"]
+  calibrated = specs["calibrated/4x2"]
+  for site, kernel in [("conv0", FSDP_LAST), ("conv1", FSDP_LAST), ("hidden", ["fsdp", None])]:
+    assert calibrated[f".params['{site}']['kernel']"] == kernel
+  stats = ".model_state['quant_stats']['conv1']"
+  assert calibrated[stats + "['kernel_hi']"] == calibrated[stats + "['kernel_lo']"] == FSDP_LAST
+  assert calibrated[".model_state['quant_stats']['hidden']['kernel_hi']"] == [None, None]
+  assert calibrated[stats + "['kernel_count']"] == []
+  assert specs["bitwidths/4x2"] == {"['conv']['kernel']": FSDP_LAST,
+                                    "['conv']['kernel_lambda']": ["fsdp"],
+                                    "['conv']['kernel_odd']": [None]}
 
 
 def test_checkpoint_from_4x2_restores_on_8x1_and_one_device(runs):

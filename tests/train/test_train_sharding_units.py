@@ -1,16 +1,21 @@
 """Mesh, sharding rules, per-process batches, mesh config and QAT from a config, on 1 device."""
 
 import dataclasses
+import json
+import os
+import pathlib
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from compressjax.config import Config, MeshConfig, TrainConfig, apply_overrides, get_config
+from compressjax.config import (Config, MeshConfig, TrainConfig, apply_overrides,
+                                config_from_dict, get_config, load_config, save_config)
 from compressjax.data import ArraySplit
 from compressjax.models import MLP
-from compressjax.train import create_train_state, evaluate_workdir, fit, make_train_step
+from compressjax.train import (Checkpoints, create_train_state, decay_mask, evaluate_workdir,
+                               fit, make_train_step, param_count, setup)
 from compressjax.train.classifier import _claim_workdir, train_classifier
 from compressjax.train.global_batches import ProcessRows
 from compressjax.train.mesh import make_mesh, mesh_shape
@@ -94,21 +99,61 @@ def test_resume_may_change_the_mesh_but_not_the_math(tmp_path):
 
 
 def test_train_honours_the_quant_section(tmp_path):
-  """Float run, then QAT from it through the config (what `compressjax train` runs), then eval
-  of the QAT run from its saved config."""
+  """QAT from a float run's checkpoint through the config (what `compressjax train` runs), then
+  eval of the QAT run from its saved config."""
   common = [f"data.data_dir={tmp_path / 'tfds'}", "model.kwargs.widths=(4, 8)",
             "model.kwargs.hidden=16", "train.steps=3", "train.batch_size=32",
             "train.eval_every_epochs=none", "train.progress=false"]
-  float_run = train_classifier(get_config("digits_cnn", common), str(tmp_path / "float"))
-  assert float_run["quant"] is None and float_run["mesh"] == "1x1"
+  float_setup = setup(get_config("digits_cnn", common))  # its initial state is the float run
+  checkpoints = Checkpoints(str(tmp_path / "float"))
+  checkpoints.save(float_setup.state, {})
+  checkpoints.wait()
+  checkpoints.close()
   qat_cfg = get_config("digits_cnn", common + [
       "quant.method=lsq", "quant.w_bits=4", "quant.a_bits=4",
       f"quant.init_from={tmp_path / 'float'}"])
   qat_run = train_classifier(qat_cfg, str(tmp_path / "qat"))
   assert qat_run["quant"]["method"] == "lsq" and qat_run["steps"] == 3
-  assert qat_run["params"] > float_run["params"]  # plus step sizes
+  assert qat_run["mesh"] == "1x1"
+  assert qat_run["params"] > param_count(float_setup.state.params)  # plus step sizes
   again = evaluate_workdir(str(tmp_path / "qat"))
   assert again["step"] == 3 and again["test_accuracy"] == qat_run["test_accuracy"]
   with pytest.raises(ValueError, match="unknown quantization method 'nope'"):
     train_classifier(dataclasses.replace(qat_cfg, quant=dataclasses.replace(
         qat_cfg.quant, method="nope")), str(tmp_path / "bad"))
+
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RECIPES = {  # config file: (dataset, model, quant method, bits, float run it starts from)
+    "cifar10_resnet20_sat_w4a4": ("cifar10", "resnet20", "sat_centered", 4, "cifar10_resnet20"),
+    "cifar10_resnet20_sat_w3a3": ("cifar10", "resnet20", "sat_centered", 3, "cifar10_resnet20"),
+    "imagenet_resnet18like": ("imagenet2012", "resnet20", None, 4, None),
+    "imagenet_resnet18like_lsq_w4a4": ("imagenet2012", "resnet20", "lsq", 4,
+                                       "imagenet_resnet18like"),
+    "imagenet_mobilenet_v2": ("imagenet2012", "mobilenet_v2", None, 4, None),
+    "imagenet_mobilenet_v2_sat_w4a4": ("imagenet2012", "mobilenet_v2", "sat_centered", 4,
+                                       "imagenet_mobilenet_v2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_configs_load_and_fail_fast_offline(name, tmp_path):
+  dataset, model, method, bits, float_run = RECIPES[name]
+  cfg = get_config(str(REPO / "experiments" / "configs" / f"{name}.py"))
+  assert (cfg.name, cfg.data.name, cfg.model.name, cfg.quant.method) == (name, dataset, model,
+                                                                         method)
+  assert cfg.quant.w_bits == cfg.quant.a_bits == bits and cfg.train.batch_size % 8 == 0
+  assert cfg.quant.init_from == (None if float_run is None else os.path.join("runs", float_run))
+  save_config(cfg, str(tmp_path / "c.json"))
+  assert load_config(str(tmp_path / "c.json")) == config_from_dict(
+      json.loads(json.dumps(dataclasses.asdict(cfg))))
+  offline = apply_overrides(cfg, [f"data.data_dir={tmp_path / 'empty'}"])
+  with pytest.raises(FileNotFoundError, match=f"tfds build {dataset} --data_dir="):
+    setup(offline)
+
+
+def test_no_weight_decay_on_quantizer_parameters():
+  params = {"conv": {"kernel": np.ones((3, 3, 1, 4)), "kernel_step": np.ones((1, 1, 1, 4)),
+                     "input_alpha": np.ones(()), "bias": np.ones(4)}}
+  assert decay_mask(params) == {"conv": {"kernel": True, "kernel_step": False,
+                                         "input_alpha": False, "bias": False}}
