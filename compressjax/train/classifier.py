@@ -24,7 +24,8 @@ from compressjax.train.loop import fit, total_steps
 from compressjax.train.mesh import initialize_distributed, make_mesh
 from compressjax.train.optim import make_optimizer
 from compressjax.train.quantized import INIT_EXAMPLES, quantize_model, quantized_init
-from compressjax.train.sharding import replicated, state_shardings, with_shardings
+from compressjax.train.sharding import (check_batch_size, replicated, state_shardings,
+                                        with_shardings)
 from compressjax.train.state import TrainState, create_train_state
 from compressjax.train.steps import make_eval_step, make_train_step
 
@@ -77,7 +78,8 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
   if abstract:
     state = with_shardings(shape, shardings)
   else:
-    state = jax.jit(init, in_shardings=replicated(mesh), out_shardings=shardings)(*args)
+    args = jax.device_put(args, replicated(mesh))  # e.g. float weights restored elsewhere
+    state = jax.jit(init, out_shardings=shardings)(*args)
   return Setup(cfg, dataset, model, optimizer, state)
 
 
@@ -91,13 +93,14 @@ def train_classifier(cfg: Config, workdir: str, *,
   initialize_distributed(cfg.train)  # before anything else touches JAX
   workdir = os.path.abspath(workdir)
   t0 = time.time()
-  s = setup(cfg)  # fails on bad data/model settings before the workdir is touched
+  s = setup(cfg)  # fails on bad data/model/mesh settings before the workdir is touched
+  mesh = make_mesh(cfg.train.mesh)
+  check_batch_size(cfg.train.batch_size, mesh)
   _claim_workdir(cfg, workdir)
   augment = s.dataset.augment if cfg.data.augment == "default" else get_augment(cfg.data.augment)
   result = fit(s.state, make_train_step(s.model, s.optimizer), s.dataset.train, cfg.train,
                workdir=workdir, eval_step=make_eval_step(s.model), eval_data=s.dataset.test,
                augment=augment, stop_after_steps=stop_after_steps)
-  mesh = make_mesh(cfg.train.mesh)
   return {
       "config": cfg.name,
       "dataset": cfg.data.name,

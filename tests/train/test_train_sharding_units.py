@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from compressjax.cli import main
 from compressjax.config import (Config, MeshConfig, TrainConfig, apply_overrides,
                                 config_from_dict, get_config, load_config, save_config)
 from compressjax.data import ArraySplit
@@ -98,10 +99,26 @@ def test_resume_may_change_the_mesh_but_not_the_math(tmp_path):
     _claim_workdir(apply_overrides(cfg, ["optim.lr=0.1"]), str(tmp_path))
 
 
-def test_train_honours_the_quant_section(tmp_path):
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_cli_mesh_errors_are_one_line_and_leave_no_run(capsys, tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) as info:
+    main(["train", "--config", "digits_cnn", "--workdir", str(workdir), "--set",
+          f"data.data_dir={data_dir}", "--set", "train.mesh.data=2"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert info.value.code == 2 and err == [
+      "compressjax: error: train.mesh data=2 x fsdp=1 needs 2 devices but only 1 are available"]
+  assert not workdir.exists()
+
+
+def test_train_honours_the_quant_section(tmp_path, data_dir):
   """QAT from a float run's checkpoint through the config (what `compressjax train` runs), then
   eval of the QAT run from its saved config."""
-  common = [f"data.data_dir={tmp_path / 'tfds'}", "model.kwargs.widths=(4, 8)",
+  common = [f"data.data_dir={data_dir}", "model.kwargs.widths=(4, 8)",
             "model.kwargs.hidden=16", "train.steps=3", "train.batch_size=32",
             "train.eval_every_epochs=none", "train.progress=false"]
   float_setup = setup(get_config("digits_cnn", common))  # its initial state is the float run
