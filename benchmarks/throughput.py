@@ -1,16 +1,14 @@
 """Training throughput (images/s) of ResNet-20 through ``fit``: float and QAT (LSQ W4A4), on 1
 and N devices (data parallel).
 
-Each device count runs in its own subprocess (on CPU, N devices are forced host devices:
-``--xla_force_host_platform_device_count``, set before the subprocess imports JAX). A run is the real loop (sharded state, per-process
-batches, background prefetch, pinned shardings); throughput is measured between the train
-records of step ``warmup`` and the last step (both synchronise on the metrics), so compilation
-is excluded and the final checkpoint comes after.
+Each device count runs in its own subprocess (on CPU, N devices are forced host devices,
+``--xla_force_host_platform_device_count=N``, set before the subprocess imports JAX). A run
+is the real loop (sharded state, per-process batches, background prefetch, pinned shardings);
+throughput is measured between the train records of step ``warmup`` and the last step (both
+synchronise on the metrics), so compilation is excluded and the final checkpoint comes after.
 
   python benchmarks/throughput.py [--devices 1 8] [--batch 64] [--warmup 2] [--steps 4]
 """
-
-from __future__ import annotations
 
 import argparse
 import json

@@ -15,8 +15,9 @@ import os
 import sys
 
 MODE = sys.argv[1]
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                           + ("8" if MODE == "mesh" else "4")).strip()
+DEVICES = 8 if MODE == "mesh" else 4
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={DEVICES}").strip()
 
 import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json

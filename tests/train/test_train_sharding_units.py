@@ -81,10 +81,11 @@ def test_mesh_quant_and_prefetch_overrides():
   assert cfg.train.mesh == MeshConfig(data=4, fsdp=2, fsdp_min_size=1024)
   assert cfg.train.distributed and cfg.train.prefetch == 0
   assert (cfg.quant.method, cfg.quant.w_bits, cfg.quant.init_from) == ("sat", 3, "runs/float")
-  for override, message in [("train.mesh.data=0", "bad value for train.mesh.data: 0 (must be"),
-                            ("train.mesh.fsdp=0", "bad value for train.mesh.fsdp: 0 (must be > 0)"),
-                            ("train.prefetch=-1", "bad value for train.prefetch: -1 (must be >= 0)"),
-                            ("quant.a_bits=0", "bad value for quant.a_bits: 0 (must be > 0)")]:
+  for override, message in [
+      ("train.mesh.data=0", "bad value for train.mesh.data: 0 (must be"),
+      ("train.mesh.fsdp=0", "bad value for train.mesh.fsdp: 0 (must be > 0)"),
+      ("train.prefetch=-1", "bad value for train.prefetch: -1 (must be >= 0)"),
+      ("quant.a_bits=0", "bad value for quant.a_bits: 0 (must be > 0)")]:
     with pytest.raises(ValueError) as info:
       apply_overrides(Config(), [override])
     assert str(info.value).startswith(message)
