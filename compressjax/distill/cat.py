@@ -7,8 +7,10 @@ at or under the target. A norm keeps the channels whose |gamma| exceeds the thre
 left with no channel is removed; down/up-sampling layers keep at least ``min_width`` channels.
 The last down-sampling norm sets the width of the residual stream the blocks share.
 
-The result is an architecture: CAT re-initialises the student (``student.init`` does, with the
-generator's N(0, 0.02) kernels and N(1, 0.02) gammas) and trains it with distillation.
+The result is an architecture: CAT re-initialises the student (N(0, 0.02) kernels, N(1, 0.02)
+gammas: the generator's own initialisers, or ``pix2pix_init`` which draws the same with numpy)
+and trains it with distillation (``distill.pix2pix``). ``PruneResult.kept`` still names the kept
+channels, for anyone who prefers to copy the teacher's slices instead.
 """
 
 import dataclasses
