@@ -70,7 +70,8 @@ def call_order(model: nn.Module, variables: Any, *args: Any, **kwargs: Any) -> l
     return out
 
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda v, a, k: model.apply(v, *a, **k), variables, args, kwargs)
+    # kwargs are closed over, not traced: flags such as train=False must stay Python values.
+    jax.eval_shape(lambda v, a: model.apply(v, *a, **kwargs), variables, args)
   return order
 
 

@@ -59,3 +59,14 @@ def test_bad_order_is_refused(net):
   _, variables, _ = net
   with pytest.raises(ValueError, match="not kernels"):
     prune.select(variables["params"], order=["bn/scale"])
+
+
+def test_call_order_accepts_static_keyword_flags():
+  from compressjax.models import CNN
+  from compressjax.prune import call_order
+
+  model = CNN(widths=(2, 2), hidden=4)
+  x = jnp.zeros((1, 8, 8, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  order = call_order(model, variables, x, train=False)
+  assert order == ["conv0/kernel", "conv1/kernel", "hidden/kernel", "head/kernel"]
