@@ -26,3 +26,27 @@ def test_readme_example_quantizes_and_serves_an_unknown_model():
   assert isinstance(serving_vars["params"]["body"]["kernel"], cj.QArray)
   assert serving_vars["params"]["body"]["kernel"].packed.dtype == jnp.uint8
   assert cj.size_report(serving_vars).total_bytes < 0.3 * cj.size_report(variables).total_bytes
+
+
+def test_new_user_model_to_4_bits_and_50_percent_sparsity_served():
+  import optax
+
+  import compressjax.prune as prune
+  from compressjax.train import create_train_state, make_train_step
+
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((16, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)}
+  q4 = cj.core.keep_zeros(cj.quant.LSQ(bits=4))
+  model = cj.compress(MyNet(), [cj.Rule(pattern="^head$"), cj.Rule(pattern=".", weight=q4)])
+  tx = optax.chain(optax.adam(1e-2), prune.magnitude(0.5, layers=[prune.Rule("body")],
+                                                     skip_first_last=False))
+  state = create_train_state(model, tx, batch["image"], jax.random.PRNGKey(0))
+  step = make_train_step(model, tx)
+  for _ in range(3):
+    state, _ = step(state, batch)
+  serving_model, serving_vars = cj.export(model, state.variables)
+  served_kernel = np.asarray(serving_vars["params"]["body"]["kernel"].dequantize())
+  assert abs((served_kernel == 0).mean() - 0.5) < 0.02
+  np.testing.assert_allclose(jax.jit(serving_model.apply)(serving_vars, batch["image"]),
+                             model.apply(state.variables, batch["image"]), rtol=1e-5, atol=1e-5)
