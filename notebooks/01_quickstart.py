@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -88,7 +90,8 @@ def make_step(model, tx):
 
     loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
     updates, opt_state = tx.update(grads, opt_state, variables["params"])
-    return {**variables, "params": optax.apply_updates(variables["params"], updates)}, opt_state, loss
+    params = optax.apply_updates(variables["params"], updates)
+    return {**variables, "params": params}, opt_state, loss
 
   return step
 
@@ -102,12 +105,12 @@ def fit(model, variables, tx, epochs, seed=0):
 
 
 @functools.cache  # one compilation per model, however often it is evaluated
-def test_logits(model):
+def eval_logits(model):
   return jax.jit(lambda v: model.apply(v, x_test))
 
 
 def accuracy(model, variables):
-  return float(jnp.mean(jnp.argmax(test_logits(model)(variables), -1) == y_test))
+  return float(jnp.mean(jnp.argmax(eval_logits(model)(variables), -1) == y_test))
 
 
 float_vars = jax.jit(model.init)(jax.random.key(0), example)
@@ -132,8 +135,8 @@ rules = cj.core.with_edges(
     first=cj.Rule(pattern="", weight=q.LSQ(bits=8)),
     last=cj.Rule(pattern="", weight=q.LSQ(bits=8), act=q.LSQ(bits=8, kind="activation")),
 )
-for r in rules:
-  show = lambda t: "float" if t is None else f"{type(t).__name__}({t.bits} bits)"
+show = lambda t: "float" if t is None else f"{type(t).__name__}({t.bits} bits)"
+for r in rules:  # the same as writing Rule("^stem$", ...), Rule("^head$", ...), body
   print(f"{r.pattern:7s} weight {show(r.weight):15s} input {show(r.act)}")
 assert [r.pattern for r in rules] == ["^stem$", "^head$", "."]
 
@@ -143,12 +146,13 @@ qmodel = cj.compress(model, rules)
 # ## Quantization-aware training
 #
 # `cj.init_from` starts the quantized model from the float weights and sets every LSQ step
-# size from the real weights and activations of one batch (a pure function: jit it). The LSQ steps are ordinary
-# entries of `params` (`kernel_step`, `input_step`); `cj.param_labels` labels them so that
-# `optax.multi_transform` gives them their own optimizer: no weight decay on step sizes.
+# size from the real weights and activations of one batch (one forward pass; a pure
+# function, so jit it). The LSQ steps are ordinary entries of `params` (`kernel_step`,
+# `input_step`); `cj.param_labels` labels them so that `optax.multi_transform` gives them
+# their own optimizer: no weight decay on step sizes.
 
 # %%
-qvars = jax.jit(functools.partial(cj.init_from, qmodel))(float_vars, example)  # one forward pass
+qvars = jax.jit(functools.partial(cj.init_from, qmodel))(float_vars, example)
 print({k: sorted(v) for k, v in qvars["params"].items()})
 labels = cj.param_labels(qvars["params"])
 assert labels["fc"]["kernel_step"] == "quantizer" and labels["fc"]["kernel"] == "model"
@@ -210,22 +214,25 @@ assert isinstance(fc, cj.QArray) and fc.bits == 4 and fc.packed.size == fc.k * f
 
 sizes = {name: cj.size_report(v).total_bytes for name, v in
          [("float", float_vars), ("W4 packed", serving_vars)]}
-print({k: f"{v:,} B" for k, v in sizes.items()}, f"ratio {sizes['float'] / sizes['W4 packed']:.1f}x")
+print(f"{sizes['float']:,} bytes float -> {sizes['W4 packed']:,} bytes packed "
+      f"({sizes['float'] / sizes['W4 packed']:.1f}x smaller)")
 assert sizes["W4 packed"] < 0.35 * sizes["float"]
 
-fake = test_logits(qmodel)(qvars)
-served = test_logits(serving_model)(serving_vars)
-float_out = test_logits(model)(float_vars)
+fake = eval_logits(qmodel)(qvars)
+served = eval_logits(serving_model)(serving_vars)
+float_out = eval_logits(model)(float_vars)
+agree = float(jnp.mean(served.argmax(-1) == float_out.argmax(-1)))
 print(f"max |served - fake-quant| = {float(jnp.max(jnp.abs(served - fake))):.2e}; "
-      f"served vs float argmax agreement {float(jnp.mean(served.argmax(-1) == float_out.argmax(-1))):.3f}")
+      f"served and float model predict the same class for {agree:.1%} of the test images")
 np.testing.assert_allclose(served, fake, rtol=1e-4, atol=1e-4)
 
 # %% [markdown]
 # ## Serve with jit
 #
-# The serving model is a normal Flax model over a pytree of QArrays: `jax.jit` it, save it
-# with orbax, shard it. Its Dense layers multiply through the kernel dispatcher
-# (`cj.kernels.matmul`: XLA on CPU, Pallas low-bit kernels on GPU/TPU at small batch).
+# The serving model is a normal Flax model whose variables are a pytree holding `QArray`s:
+# `jax.jit` it like any model. Its Dense layers multiply through the kernel dispatcher
+# (`cj.kernels.matmul`: XLA on CPU, Pallas low-bit kernels on GPU/TPU at small batch; see
+# `04_export_and_kernels.py`).
 
 # %%
 predict = jax.jit(lambda v, x: jnp.argmax(serving_model.apply(v, x), -1))

@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -45,7 +47,8 @@ from compressjax.quant import adabits as ab
 from compressjax.quant import fracbits as fb
 from compressjax.quant import mixed_report as mr
 from compressjax.quant._mixed_common import start_from_float  # no public FracBits init yet
-from compressjax.train import TrainState, create_train_state, make_train_step
+from compressjax.train import create_train_state, make_train_step
+from compressjax.train.state import state_from_variables
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"
 FLOAT_EPOCHS, QAT_EPOCHS, SEARCH_EPOCHS = (3, 1, 2) if QUICK else (10, 4, 6)
@@ -66,10 +69,8 @@ model = CNN(widths=(8, 16), hidden=32)
 
 
 def new_state(variables, tx, seed=0):
-  """A step-0 TrainState holding ``variables`` (params + other collections)."""
-  rest = dict(variables)
-  params = rest.pop("params")
-  return TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), jax.random.PRNGKey(seed))
+  """A step-0 TrainState: ``variables`` (params + other collections), a fresh optimizer."""
+  return state_from_variables(variables, tx, jax.random.PRNGKey(seed))
 
 
 def run_epochs(step, state, epochs, seed=0):
@@ -199,7 +200,8 @@ alloc.save(path)
 assert mr.BitAllocation.load(path) == alloc
 fixed = compress(model, mr.rules_from_json(path))
 fixed_acc = accuracy(fixed, state.variables)  # the search's weights at the hardened bits
-print(f"hardened allocation, before any fine-tuning: accuracy {fixed_acc:.3f} (float {float_acc:.3f})")
+print(f"hardened allocation, before any fine-tuning: accuracy {fixed_acc:.3f} "
+      f"(float {float_acc:.3f})")
 assert fixed_acc > 0.5
 
 png = os.path.join(OUT, "bits_per_layer.png")

@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,7 +45,8 @@ from compressjax.distill.step import hinton_objective, make_distill_step
 from compressjax.models import CNN
 from compressjax.models.discriminator import PatchDiscriminator
 from compressjax.models.generator import Generator
-from compressjax.train import TrainState, make_train_step
+from compressjax.train import make_train_step
+from compressjax.train.state import state_from_variables
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"
 EPOCHS = 2 if QUICK else 6  # per training phase
@@ -67,10 +70,8 @@ def init(model, seed=0):
 
 
 def new_state(variables, tx, seed=0):
-  """A step-0 TrainState holding ``variables`` (params + other collections)."""
-  rest = dict(variables)
-  params = rest.pop("params")
-  return TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), jax.random.PRNGKey(seed))
+  """A step-0 TrainState: ``variables`` (params + other collections), a fresh optimizer."""
+  return state_from_variables(variables, tx, jax.random.PRNGKey(seed))
 
 
 def run_epochs(step, state, epochs, seed=0, data=digits.train):
@@ -81,12 +82,12 @@ def run_epochs(step, state, epochs, seed=0, data=digits.train):
 
 
 @functools.cache  # one compilation per model, however often it is evaluated
-def test_logits(model):
+def eval_logits(model):
   return jax.jit(lambda v: model.apply(v, x_test, train=False))
 
 
 def accuracy(model, variables):
-  return float(jnp.mean(jnp.argmax(test_logits(model)(variables), -1) == y_test))
+  return float(jnp.mean(jnp.argmax(eval_logits(model)(variables), -1) == y_test))
 
 
 teacher = CNN(widths=(16, 32), hidden=64)
@@ -161,7 +162,8 @@ before, after = cost.profile(teacher, one), cost.profile(thin, one)
 masked_acc = accuracy(teacher, prune.mask_channels(teacher, slim_vars, keep))
 thin_acc = accuracy(thin, thin_vars)
 tx = optax.adam(1e-3)
-tuned_acc = accuracy(thin, run_epochs(make_train_step(thin, tx), new_state(thin_vars, tx), 1).variables)
+tuned = run_epochs(make_train_step(thin, tx), new_state(thin_vars, tx), 1)
+tuned_acc = accuracy(thin, tuned.variables)
 print(f"widths {teacher.widths} -> {thin.widths}")
 print(f"params {before.total_params:,} -> {after.total_params:,}; "
       f"MACs {before.macs:,.0f} -> {after.macs:,.0f}")
@@ -239,9 +241,10 @@ g_teacher_vars = pix2pix.generator_variables(state)
 full_macs = cat.generator_macs(g_teacher, x0)
 pruned = cat.cat_prune(g_teacher, g_teacher_vars, x0, full_macs / 3, min_width=2)
 g_student = pruned.generator
-print(f"teacher: down {g_teacher.down_widths} blocks {g_teacher.block_widths} up {g_teacher.up_widths}")
-print(f"student: down {g_student.down_widths} blocks {g_student.block_widths} up {g_student.up_widths}")
-print(f"MACs per 16x16 patch {full_macs:,.0f} -> {pruned.macs:,.0f} (target {pruned.target_macs:,.0f})")
+for name, g in (("teacher", g_teacher), ("student", g_student)):
+  print(f"{name}: down {g.down_widths} blocks {g.block_widths} up {g.up_widths}")
+print(f"MACs per 16x16 patch {full_macs:,.0f} -> {pruned.macs:,.0f} "
+      f"(target {pruned.target_macs:,.0f})")
 assert pruned.macs <= full_macs / 3
 
 distill = pix2pix.FeatureDistill(g_teacher, g_teacher_vars, g_student.block_paths,
