@@ -34,22 +34,21 @@ from compressjax.core import compress, discover
 from compressjax.quant import fracbits as fb
 from compressjax.quant import hawq
 from compressjax.quant import mixed_report as mr
-from compressjax.quant._mixed_common import start_from_float, transfer
 from compressjax.train import make_train_step
 from experiments import _report
-from experiments.adabits import (BATCH, QAT_LR, accuracy, new_state, qat_optimizer, run_epochs,
-                                 train_float)
+from experiments.adabits import (BATCH, QAT_LR, accuracy, enable_compile_cache, new_state,
+                                 qat_optimizer, run_epochs, train_float)
 
 SEARCH_FRACTION = 0.8
-BITS_LR = 0.02
+BITS_LR = 0.05
 
 
 def finetune(f, alloc: mr.BitAllocation, variables: dict, epochs: int, seed: int, *,
              first_epoch: int = 0, lr_scale: float = 1.0) -> float:
   """Trains the fixed-bit model of ``alloc`` from ``variables``; returns its test accuracy."""
   model = compress(f.model, mr.rules_from_json(alloc.to_dict()))
-  start = start_from_float(model, f.variables, f.example)
-  start = transfer(variables, start) if variables is not None else start
+  start = fb.init_from_float(model, f.variables, f.example)
+  start = fb.transfer(variables, start) if variables is not None else start
   opt = qat_optimizer(epochs, len(f.data.train), lr_scale=lr_scale)
   state = run_epochs(new_state(start, opt, seed), make_train_step(model, opt), f.data.train,
                      epochs=epochs, seed=seed, first_epoch=first_epoch)
@@ -61,7 +60,7 @@ def search(f, profile, budget, epochs: int, seed: int, kernel_wise: bool):
   model = fb.fracbits(f.model, f.example, target_bits=3, kernel_wise=kernel_wise)
   n = max(1, round(SEARCH_FRACTION * epochs))
   opt = qat_optimizer(epochs, len(f.data.train), bits_lr=BITS_LR)
-  variables = start_from_float(model, f.variables, f.example)
+  variables = fb.init_from_float(model, f.variables, f.example)
   step = fb.make_search_step(model, opt, profile, budget, variables["params"])
   state = run_epochs(new_state(variables, opt, seed), step, f.data.train, epochs=n, seed=seed)
   alloc = fb.harden(model, state.params, profile, budget)
@@ -103,8 +102,8 @@ def run_seed(seed: int, epochs: int, float_epochs: int, hawq_samples: int, out_d
     for kernel_wise in variants:
       alloc, variables, n, lam = search(f, profile, budget, epochs, seed, kernel_wise)
       acc = finetune(f, alloc, variables, epochs - n, seed, first_epoch=n, lr_scale=ft_scale)
-      name = f"FracBits ({'kernel' if kernel_wise else 'layer'})"
-      log(name, kind, acc, alloc, search_lambdas=lam, harden=alloc.meta)
+      log(f"FracBits ({'kernel' if kernel_wise else 'layer'})", kind, acc, alloc,
+          search_lambdas=lam, harden=alloc.meta)
     alloc = hawq.hawq_allocation(f.model, f.variables, hx, hy, profile, budget,
                                  key=jax.random.key(seed), num_samples=hawq_samples,
                                  traces=traces)
@@ -133,12 +132,18 @@ def summarize(records, seeds, epochs, float_epochs, out_dir, name, tables):
   md = (f"# FracBits on digits (CNN; {len(seeds)} seeds, mean ± sd, % test accuracy)\n\n"
         f"Float CNN: {_report.fmt_pct(float_acc)} ({float_epochs} epochs). Every quantized model: "
         f"{epochs} epochs of SGD (lr {QAT_LR}, batch {BATCH}) from the float model; FracBits "
-        f"searches for {SEARCH_FRACTION:.0%} of them (lambda Adam lr {BITS_LR}) and fine-tunes the "
+        f"searches for {SEARCH_FRACTION:.0%} of them (lambdas: SGD, momentum 0.9, lr {BITS_LR}, "
+        "penalty |cost/target - 1|) and fine-tunes the "
         "hardened integer bits for the rest. Budgets: the BitOPs (first-layer input counted at "
         "8 bits) and the model size (bytes) of uniform W3A3 with 8-bit first/last layers.\n\n"
         + _report.markdown_table(["budget", "method", "accuracy", "cost vs budget (min..max over seeds)"], rows)
         + "\n## Bits per layer, seed 0 (w/a; kernel-wise weights as mean[min-max])\n\n"
-        + "".join(f"### {kind}\n\n```\n{text}\n```\n\n" for kind, text in tables.items()))
+        + "".join(f"### {kind}\n\n```\n{text}\n```\n\n" for kind, text in tables.items())
+        + "## Fractional bits at the end of the search, seed 0 (operand: mean [min, max])\n\n"
+        + "".join(f"- [{r['budget']}] {r['method']}: " + ", ".join(
+            f"{k} {np.mean(v):.2f} [{np.min(v):.2f}, {np.max(v):.2f}]"
+            for k, v in r["search_lambdas"].items()) + "\n"
+                  for r in records if r["seed"] == seeds[0] and "search_lambdas" in r))
   data = {"records": records, "seeds": list(seeds), "epochs": epochs, "float_epochs": float_epochs,
           "search_fraction": SEARCH_FRACTION, "bits_lr": BITS_LR, "lr": QAT_LR, "batch_size": BATCH}
   paths = _report.write(name, data, md, out_dir)
@@ -178,6 +183,7 @@ def main():
   parser.add_argument("--float-epochs", type=int, default=15)
   parser.add_argument("--epochs", type=int, default=10)
   args = parser.parse_args()
+  enable_compile_cache()
   if args.quick:
     seeds, epochs, float_epochs, samples, name = (0,), 2, 2, 8, "fracbits_quick"
   else:

@@ -127,6 +127,13 @@ def _set_alphas(params: dict, levels: dict[str, float], prefix: tuple[str, ...] 
   return out
 
 
+def node_at(tree: dict, path: str) -> dict:
+  """The sub-dict of a variables tree at a '/'-joined module path."""
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
 def transfer(src: Any, dst: Any) -> Any:
   """``dst`` with every leaf that ``src`` has at the same path and shape taken from ``src``.
 

@@ -36,7 +36,9 @@ from compressjax.core.matching import path_str
 from compressjax.core.sites import discover
 from compressjax.cost import Profile
 from compressjax.quant._mixed_budget import Budget, check_profile
-from compressjax.quant._mixed_common import DEFAULT_METHOD, Method, edge_rules, quantizers
+from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, node_at,
+                                              quantizers, transfer)
+from compressjax.quant._mixed_common import start_from_float as init_from_float
 from compressjax.quant._mixed_interp import ChannelBits, check_levels, mix
 from compressjax.quant.adabits import Switchable
 from compressjax.quant.base import Quantizer
@@ -49,8 +51,11 @@ Array = jax.Array
 State = dict[str, Array]
 LAMBDA = "lambda"
 
+# init_from_float: search (or fine-tune) variables from a float model's, PACT clip levels from
+# its activations; transfer: carries weights, BatchNorm and clip levels from the search
+# variables into the fixed-bit model built by ``rules_from_json``.
 __all__ = ["Budget", "ChannelBits", "FracBits", "clamp_lambdas", "fracbits", "harden",
-           "make_search_step", "search_cost", "site_bits"]
+           "init_from_float", "make_search_step", "search_cost", "site_bits", "transfer"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,11 +147,6 @@ def fracbits(
                                     edge_bits=edge_bits))
 
 
-def _node(params: Any, path: str) -> dict:
-  for part in path.split("/"):
-    params = params[part]
-  return params
-
 
 def _kernel_sites(params: Any, prefix: tuple[str, ...] = ()) -> list[str]:
   """Module paths of ``params`` that hold a ``kernel`` (the sites of a Linen model)."""
@@ -187,7 +187,7 @@ def site_bits(model: nn.Module, params: Any, profile: Profile, *, at_min: bool =
   w_bits, a_bits = {}, {}
   for path in profile.paths:
     rule = spec.rule_for(path)
-    node = None if params is None else _node(params, path)
+    node = None if params is None else node_at(params, path)
     w_bits[path] = _operand_bits(rule and rule.weight, node, WEIGHT_PREFIX, at_min)
     a_bits[path] = _operand_bits(rule and rule.act, node, INPUT_PREFIX, at_min)
   return w_bits, a_bits
@@ -274,7 +274,7 @@ def _units(model: nn.Module, params: Any, profile: Profile) -> list[_Unit]:
     for operand, t, prefix in (("w", rule and rule.weight, WEIGHT_PREFIX),
                                ("a", rule and rule.act, INPUT_PREFIX)):
       if isinstance(t, FracBits):
-        lam = np.asarray(t.clamp(_node(params, path)[prefix + LAMBDA]), np.float64)
+        lam = np.asarray(t.clamp(node_at(params, path)[prefix + LAMBDA]), np.float64)
         out.append(_Unit(path, operand, t.min_bits, t.max_bits, lam))
   return out
 
@@ -345,16 +345,20 @@ def harden(
 
 
 def _fill(units, ints, offset, cost, target):
-  """Adds bits one at a time (largest rounding residual first) while the cost stays <= target."""
+  """Adds bits one at a time while the cost stays <= target: in passes over the operands
+  (largest rounding residual ``lambda + offset - bits`` first), until a pass adds none."""
   ints = [b.copy() for b in ints]
-  flat = [(float(u.lam.flat[j] + offset - b.flat[j]), i, j)
-          for i, (u, b) in enumerate(zip(units, ints)) for j in range(b.size)]
-  filled = 0
-  for _, i, j in sorted(flat, reverse=True):
-    if ints[i].flat[j] >= units[i].hi:
-      continue
-    trial = [b.copy() for b in ints]
-    trial[i].flat[j] += 1
-    if cost(trial) <= target:
-      ints, filled = trial, filled + 1
+  filled, added = 0, True
+  while added:
+    added = False
+    order = sorted(((float(u.lam.flat[j] + offset - b.flat[j]), i, j)
+                    for i, (u, b) in enumerate(zip(units, ints)) for j in range(b.size)),
+                   reverse=True)
+    for _, i, j in order:
+      if ints[i].flat[j] >= units[i].hi:
+        continue
+      trial = [b.copy() for b in ints]
+      trial[i].flat[j] += 1
+      if cost(trial) <= target:
+        ints, filled, added = trial, filled + 1, True
   return ints, filled

@@ -33,8 +33,8 @@ from compressjax.core.rule import Rule
 from compressjax.core.sites import discover
 from compressjax.cost import Profile
 from compressjax.quant._mixed_budget import Budget, check_profile
-from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
-                                              site_inputs)
+from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, node_at,
+                                              quantizers, site_inputs)
 from compressjax.quant.mixed_report import BitAllocation
 from compressjax.train.steps import cross_entropy
 
@@ -109,14 +109,14 @@ def site_traces(
   perturbed = compress(model, [Rule(pattern=f"^{re.escape(p)}$", act=_Perturb()) for p in inputs])
   full = jax.jit(lambda v, x: init_from(perturbed, v, x, train=False))(variables, x)
   names = {"w": "kernel", "a": INPUT_PREFIX + "delta"}
-  target = {"w": {p: _node(full["params"], p)["kernel"] for p in weights},
-            "a": {p: _node(full["params"], p)[names["a"]] for p in inputs}}
+  target = {"w": {p: node_at(full["params"], p)["kernel"] for p in weights},
+            "a": {p: node_at(full["params"], p)[names["a"]] for p in inputs}}
 
   def loss(t, variables, x, y):
     params = jax.tree.map(lambda v: v, variables["params"])  # fresh dicts, safe to write into
     for operand, values in t.items():
       for p, value in values.items():
-        _node(params, p)[names[operand]] = value
+        node_at(params, p)[names[operand]] = value
     logits = perturbed.apply({**variables, "params": params}, x, train=False)
     return loss_fn(logits, y)
 
@@ -127,11 +127,6 @@ def site_traces(
       out.setdefault(p, {})[operand] = float(tr) / target[operand][p].size
   return out
 
-
-def _node(tree: dict, path: str) -> dict:
-  for part in path.split("/"):
-    tree = tree[part]
-  return tree
 
 
 def _weight_noise(q, w: Array) -> float:
@@ -201,7 +196,7 @@ def hawq_allocation(
     for b in range(min_bits, max_bits + 1):
       wq, aq = quantizers(method, b, b)
       if o == "w":
-        noise = _weight_noise(wq, _node(variables["params"], p)["kernel"])
+        noise = _weight_noise(wq, node_at(variables["params"], p)["kernel"])
       else:
         noise = _act_noise(aq, acts[p], float(np.percentile(np.asarray(acts[p]), alpha_percentile)))
       omega[(p, o, b)] = sens * noise

@@ -12,7 +12,6 @@ from compressjax.models import CNN, MLP
 from compressjax.quant import PACT, SAT, DoReFa
 from compressjax.quant import fracbits as fb
 from compressjax.quant import mixed_report as mr
-from compressjax.quant._mixed_common import start_from_float
 from compressjax.train.state import TrainState
 
 
@@ -24,7 +23,7 @@ def setup():
   float_vars = jax.jit(model.init)(jax.random.key(1, impl="rbg"), x)  # rbg: fast to compile
   profile = cost.profile(model, x)
   fm = fb.fracbits(model, x, target_bits=3, max_bits=4, kernel_wise=True)
-  return model, x, y, profile, fm, start_from_float(fm, float_vars, x)
+  return model, x, y, profile, fm, fb.init_from_float(fm, float_vars, x)
 
 
 def _uniform3_budget(model, x, profile):
@@ -102,6 +101,20 @@ def test_bits_move_under_the_penalty_and_the_hardened_cost_is_within_one_percent
   out_fixed = jax.jit(fixed.apply)(fixed_vars, x)
   out_search = jax.jit(fm.apply)({**state.model_state, "params": hard}, x)
   np.testing.assert_allclose(out_fixed, out_search, rtol=1e-5, atol=1e-5)
+
+
+def test_harden_fills_bits_back_when_rounding_lands_far_under_the_budget(setup):
+  model, x, _, profile, fm, v = setup
+  budget = _uniform3_budget(model, x, profile)
+  params = jax.tree.map(lambda a: a, v["params"])
+  params["conv1"]["input_lambda"] = jnp.float32(2.0)  # 6.8% of the budget below uniform 3-bit
+  for p in ("conv1", "hidden"):
+    params[p]["kernel_lambda"] = jnp.full_like(params[p]["kernel_lambda"], 3.0)
+  params["hidden"]["input_lambda"] = jnp.float32(3.0)
+  alloc = fb.harden(fm, params, profile, budget)
+  assert alloc.meta["greedy_fill_bits"] > 0
+  assert -0.01 <= alloc.meta["relative_error"] <= 0
+  assert alloc.a_bits["conv1"] == 2 and max(alloc.w_bits["conv1"]) > 3
 
 
 def test_clamp_lambdas_projects_onto_the_allowed_range(setup):
