@@ -198,6 +198,7 @@ assert alloc.w_bits[paths[0]] == 8 and alloc.a_bits[paths[0]] is None  # edges p
 path = os.path.join(OUT, "fracbits_alloc.json")
 alloc.save(path)
 assert mr.BitAllocation.load(path) == alloc
+print("layers[2] of the JSON:", alloc.to_dict()["layers"][2])
 fixed = compress(model, mr.rules_from_json(path))
 fixed_acc = accuracy(fixed, state.variables)  # the search's weights at the hardened bits
 print(f"hardened allocation, before any fine-tuning: accuracy {fixed_acc:.3f} "

@@ -24,7 +24,7 @@
 # 3. the W4A16 (weight-only) and W8A8 Pallas kernels, run in interpret mode on CPU and
 #    checked against their plain-`jnp` references,
 # 4. the dispatcher that picks Pallas or XLA by platform and shape,
-# 5. an exported CNN served through the dispatcher.
+# 5. an exported CNN served through the dispatcher, and a pruned one whose zeros survive.
 #
 # On a GPU/TPU the same calls run the compiled Pallas kernels (`backend="pallas"`).
 
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import compressjax as cj
+import compressjax.prune  # noqa: F401  (cj.prune)
 from compressjax import kernels
 from compressjax.models import CNN
 from compressjax.quant import LSQ, Uniform, per_group
@@ -213,3 +214,32 @@ print(f"{cj.size_report(float_vars).total_bytes:,} bytes float -> {report.total_
       f"served ({report.qarray_bytes:,} in QArrays)")
 assert hidden.bits == 4 and hidden.group_size == 32
 assert report.total_bytes < 0.4 * cj.size_report(float_vars).total_bytes
+
+# %% [markdown]
+# ## Pruned and quantized: zeros stay zeros
+#
+# Pruning (notebook 03) leaves exact zeros. A symmetric quantizer such as LSQ maps 0 to
+# code 0 anyway, but not every quantizer does (DoReFa's grid has no zero); wrapping the
+# weight quantizer in `cj.core.keep_zeros` forces pruned positions to 0 in the fake-quant
+# forward pass and writes the zero code for them on export, so the sparsity survives into
+# the packed weights.
+
+# %%
+order = cj.prune.call_order(model, float_vars, images)
+pruned_params, masks = cj.prune.prune_once(cj.prune.magnitude(0.5, order=order),
+                                           float_vars["params"])
+sparse_rules = [cj.Rule(pattern="^hidden$", weight=cj.core.keep_zeros(grouped), act=r.act)
+                if r.pattern == "^hidden$" else r for r in rules]
+sparse_model = cj.compress(model, sparse_rules)
+sparse_vars = jax.jit(functools.partial(cj.init_from, sparse_model))(
+    {**float_vars, "params": pruned_params}, images)
+serving_model, serving_vars = cj.export(sparse_model, sparse_vars, backend="xla")
+codes = np.asarray(serving_vars["params"]["hidden"]["kernel"].codes())
+pruned = ~np.asarray(masks["hidden"]["kernel"])
+print(f"hidden: {pruned.mean():.0%} pruned; exported codes at pruned positions: "
+      f"{np.unique(codes[pruned]).tolist()}; nonzero codes elsewhere: "
+      f"{np.count_nonzero(codes[~pruned]) / (~pruned).sum():.0%}")
+assert np.all(codes[pruned] == 0) and 0.45 < pruned.mean() < 0.55
+served = jax.jit(lambda v: serving_model.apply(v, images))(serving_vars)
+np.testing.assert_allclose(served, jax.jit(lambda v: sparse_model.apply(v, images))(sparse_vars),
+                           rtol=1e-5, atol=1e-5)
