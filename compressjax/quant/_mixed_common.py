@@ -1,10 +1,9 @@
 """Shared by AdaBits, FracBits and HAWQ: quantizer recipes, edge rules, starting from float.
 
 * :func:`quantizers`: the (weight, activation) quantizers of a method at given bits: a
-  :mod:`compressjax.quant.recipes` name, ``"sat_centered"`` (the default here: SAT with the
-  "centered" weight grid, whose levels are symmetric about 0; the "modified" grid's 2-bit levels
-  ``{-1, -1/2, 0, 1/2}`` shift a Dense layer's mean so far that ReLUs after it can all die), or a
-  callable ``(w_bits, a_bits) -> (weight, act)``.
+  :mod:`compressjax.quant.recipes` name (default ``"sat_centered"``: the "modified" grid's
+  levels shift a Dense layer's mean so far that ReLUs after it can all die, see
+  experiments/results/quantization.md), or a callable ``(w_bits, a_bits) -> (weight, act)``.
 * :func:`edge_rules`: the rule layout every mixed-precision method here uses (as in
   :func:`compressjax.quant.recipes.recipe_rules`): the first site keeps a float input and
   ``edge_bits`` weights, the last site ``edge_bits`` weights and inputs, and every other site
@@ -44,9 +43,6 @@ def quantizers(method: Method, w_bits: int, a_bits: int) -> tuple[Any, Any]:
   """``(weight, activation)`` quantizers of ``method`` (see the module docstring)."""
   if callable(method):
     return method(w_bits, a_bits)
-  if method == "sat_centered":
-    weight, act = recipe("sat", w_bits, a_bits)
-    return weight.replace(grid="centered"), act
   return recipe(method, w_bits, a_bits)
 
 
