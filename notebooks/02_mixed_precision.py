@@ -46,7 +46,6 @@ from compressjax.models import CNN
 from compressjax.quant import adabits as ab
 from compressjax.quant import fracbits as fb
 from compressjax.quant import mixed_report as mr
-from compressjax.quant._mixed_common import start_from_float  # no public FracBits init yet
 from compressjax.train import create_train_state, make_train_step
 from compressjax.train.state import state_from_variables
 
@@ -156,13 +155,14 @@ print(f"budget: {budget.target:,.0f} BitOPs per example "
 
 # %% [markdown]
 # Every searchable operand gets a `lambda` parameter, starting at `target + 0.5 = 3.5`;
-# `kernel_wise=True` gives weights one `lambda` per output channel. The
-# search step minimises `CE + kappa * |BitOPs(lambda) / target - 1|`; the lambdas get their
-# own optimizer (Adam) through `optax.multi_transform`, the weights SGD.
+# `kernel_wise=True` gives weights one `lambda` per output channel. `fb.init_from_float`
+# starts from the float weights, with clip levels from the float activations. The search
+# step minimises `CE + kappa * |BitOPs(lambda) / target - 1|`; the lambdas get their own
+# optimizer (Adam) through `optax.multi_transform`, the weights SGD.
 
 # %%
 fm = fb.fracbits(model, example, target_bits=3, min_bits=2, max_bits=6, kernel_wise=True)
-variables = start_from_float(fm, float_vars, example)
+variables = fb.init_from_float(fm, float_vars, example)
 print({k: v.shape for k, v in variables["params"]["conv1"].items() if k.endswith("lambda")})
 
 is_lambda = lambda params: jax.tree_util.tree_map_with_path(
@@ -186,8 +186,9 @@ assert abs(float(metrics["cost"]) / budget.target - 1) < abs(start_cost / budget
 #
 # `harden` rounds `lambda + offset` with the offset bisected so the integer allocation's
 # cost is within 1% of the budget (at or under it when it can be). The allocation is a
-# small JSON file; `rules_from_json` turns it into fixed-bit rules for fine-tuning and
-# export.
+# small JSON file; `rules_from_json` turns it into fixed-bit rules, and `fb.transfer`
+# carries the search's weights, BatchNorm and clip levels over for fine-tuning at those
+# integer bits.
 
 # %%
 alloc = fb.harden(fm, state.params, profile, budget)
@@ -200,10 +201,13 @@ alloc.save(path)
 assert mr.BitAllocation.load(path) == alloc
 print("layers[2] of the JSON:", alloc.to_dict()["layers"][2])
 fixed = compress(model, mr.rules_from_json(path))
-fixed_acc = accuracy(fixed, state.variables)  # the search's weights at the hardened bits
-print(f"hardened allocation, before any fine-tuning: accuracy {fixed_acc:.3f} "
-      f"(float {float_acc:.3f})")
-assert fixed_acc > 0.5
+fixed_vars = fb.transfer(state.variables, fb.init_from_float(fixed, float_vars, example))
+tx = optax.sgd(0.01, momentum=0.9)
+tuned, _ = run_epochs(make_train_step(fixed, tx), new_state(fixed_vars, tx), QAT_EPOCHS)
+hard_acc, tuned_acc = accuracy(fixed, fixed_vars), accuracy(fixed, tuned.variables)
+print(f"hardened allocation: accuracy {hard_acc:.3f} with the search's weights, "
+      f"{tuned_acc:.3f} after fine-tuning at the integer bits (float {float_acc:.3f})")
+assert hard_acc > 0.5 and tuned_acc > 0.8
 
 png = os.path.join(OUT, "bits_per_layer.png")
 mr.plot({"uniform W3A3": uniform3, "FracBits": alloc}, profile, png, title="bits per layer")
