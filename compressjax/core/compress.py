@@ -289,5 +289,7 @@ def init_from(
   (LSQ step sizes, calibration ranges), then returns all collections.
   """
   rng = jax.random.key(0) if rng is None else rng
-  _, new = model.apply(variables, *args, rngs={"params": rng}, mutable=True, **kwargs)
+  # Jitted (kwargs closed over as static flags): the eager pass costs seconds of op dispatch.
+  apply = jax.jit(lambda v, r, *a: model.apply(v, *a, rngs={"params": r}, mutable=True, **kwargs))
+  _, new = apply(variables, rng, *args)
   return dict(new)
