@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import optax
 
+from compressjax.core.calibrate import calibrate
 from compressjax.core.compress import compress, shadowed, with_compression
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import discover
@@ -292,16 +293,4 @@ def recalibrate_bn(model: nn.Module, variables: dict, images: Iterable[Array]) -
   state untouched); BatchNorm's running average moves with its own momentum, so pass enough
   batches (tens) for the old statistics to fade.
   """
-
-  @jax.jit
-  def step(variables, x):
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    return {**variables, **updates}
-
-  n = 0
-  for x in images:
-    variables = step(variables, x)
-    n += 1
-  if n == 0:
-    raise ValueError("recalibrate_bn needs at least one batch of images; got none")
-  return variables
+  return calibrate(model, variables, images, collections=("batch_stats",), train=True)
