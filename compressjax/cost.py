@@ -40,9 +40,9 @@ import opt_einsum
 from flax.core import meta
 
 from compressjax.core.matching import path_str
+from compressjax.core.sites import SITE_TYPES
 
 FLOAT_BITS = 32
-SITE_TYPES = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 
 Number = int | float
 BitsValue = Number | jax.Array | None
