@@ -40,3 +40,13 @@ def write(name: str, data: Any, markdown: str, out_dir: str = RESULTS_DIR) -> di
   with open(paths["md"], "w") as f:
     f.write(markdown)
   return paths
+
+
+def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
+  """Lays out, saves and closes a matplotlib figure (closing frees it in long sweeps)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path

@@ -187,9 +187,7 @@ def plot(acc, models, bits_list, path):
   ax.set_xticks(bits_list)
   ax.invert_xaxis()
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 def main():

@@ -197,9 +197,7 @@ def save_grid(images: dict[str, np.ndarray], path: str) -> None:
       axes[i, j].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
       axes[i, j].axis("off")
     axes[0, j].set_title(name, fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _report.save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

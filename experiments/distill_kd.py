@@ -175,9 +175,7 @@ def plot(cfg: Config, summary: dict[str, Any], path: str) -> None:
   lo = min(100 * summary[k]["accuracy_mean_sd"][0] for k in summary) - 5
   ax.set_ylim(max(lo, 0), 100)
   ax.legend(loc="lower left", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,9 +170,7 @@ def plot(records, methods, float_acc, path):
   ax.set_ylim(max(lo - 3, 0), 100)
   ax.set_ylabel("test accuracy (%)")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 def main():

@@ -232,8 +232,7 @@ def plot(rows: list[dict], cfg: Config, path: str) -> None:
     ax.set_xlabel("sparsity of pruned layers / channels removed (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _report.save_figure(fig, path)
 
 
 def run(cfg: Config, name: str, out_dir: str) -> None:

@@ -93,8 +93,7 @@ def report(records, bits_list, float_epochs, qat_epochs, out_dir, name):
   ax.set_ylabel("test accuracy (%)")
   ax.invert_xaxis()
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
+  _report.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
   print(md)
   return paths
 
