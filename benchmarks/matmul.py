@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from compressjax.kernels import choose_backend, matmul
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 FULL_M = (1, 16, 64, 128, 512, 2048)
 FULL_SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192))

@@ -19,7 +19,7 @@ import numpy as np
 
 from compressjax.core.compress import STATS, WEIGHT_PREFIX, is_compressed, with_compression
 from compressjax.core.matching import path_str
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 
 def export(model: nn.Module, variables: dict, *, backend: str | None = None):

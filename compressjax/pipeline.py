@@ -48,7 +48,7 @@ from compressjax.core import Compression, KeepZeros, compress, discover, init_fr
 from compressjax.data import get_augment, steps_per_epoch
 from compressjax.distill.step import hinton_objective, make_distill_step
 from compressjax.export import export, size_report
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train import (Setup, fit, make_eval_step, make_optimizer, make_train_step,
                                restore_variables, setup, total_steps, train_classifier)

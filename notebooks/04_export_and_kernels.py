@@ -41,7 +41,7 @@ import compressjax.prune  # noqa: F401  (cj.prune)
 from compressjax import kernels
 from compressjax.models import CNN
 from compressjax.quant import LSQ, Uniform, per_group
-from compressjax.quant.qarray import pack, unpack
+from compressjax.qarray import pack, unpack
 from compressjax.quant.recipes import recipe_rules
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"  # everything here is small

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from compressjax.quant.base import Quantizer
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

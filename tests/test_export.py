@@ -10,7 +10,7 @@ from compressjax.export import export, size_report
 from compressjax.quant import granularity as gr
 from compressjax.quant.dorefa import DoReFa
 from compressjax.quant.lsq import LSQ
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.recipes import METHODS, recipe_rules
 from compressjax.quant.sat import SAT
 from compressjax.quant.uniform import Uniform

@@ -16,7 +16,7 @@ apart), running statistics in the ``quant_stats`` collection (updated when that 
 is mutable, as during training and calibration).
 
 In serving mode (built by :mod:`compressjax.export`) the kernel variable holds a
-:class:`~compressjax.quant.qarray.QArray`; Dense sites then compute through the kernel
+:class:`~compressjax.qarray.QArray`; Dense sites then compute through the kernel
 dispatcher and other sites through the dequantized weight.
 """
 
@@ -35,7 +35,7 @@ from jax import lax
 from compressjax.core.matching import first_match, path_str, warn_unused
 from compressjax.core.rule import Rule
 from compressjax.core.sites import is_site
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 Array = jax.Array
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compressjax.quant.qarray import QArray, as_matrix
+from compressjax.qarray import QArray, as_matrix
 
 Array = jax.Array
 

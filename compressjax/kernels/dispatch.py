@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from compressjax.kernels import _pallas, w8a8, weight_only, xla
-from compressjax.quant.qarray import QArray, as_matrix
+from compressjax.qarray import QArray, as_matrix
 
 Array = jax.Array
 

@@ -21,7 +21,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from compressjax.kernels import _pallas
-from compressjax.quant.qarray import QArray, codes_per_byte
+from compressjax.qarray import QArray, codes_per_byte
 
 Array = jax.Array
 

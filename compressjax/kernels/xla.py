@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from compressjax.kernels import w8a8, weight_only
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 Array = jax.Array
 

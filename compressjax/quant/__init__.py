@@ -12,7 +12,7 @@ from compressjax.quant.fixed_point import FixedPoint
 from compressjax.quant.granularity import PER_CHANNEL, PER_TENSOR, PER_TOKEN, Granularity, per_group
 from compressjax.quant.lsq import LSQ, LSQPlus
 from compressjax.quant.pact import PACT
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.sat import SAT
 from compressjax.quant.uniform import Uniform
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 Array = jax.Array
 State = dict[str, Array]

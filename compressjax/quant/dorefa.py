@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from compressjax.quant._checks import check_granularity, check_kind
 from compressjax.quant.base import Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste, sign_ste
 
 Array = jax.Array

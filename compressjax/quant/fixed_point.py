@@ -23,7 +23,7 @@ from compressjax.quant import _calibration
 from compressjax.quant._checks import check_granularity, check_kind, resolve_signed
 from compressjax.quant.base import Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste
 
 Array = jax.Array

@@ -1,6 +1,6 @@
 """Which elements share one scale: per tensor, per channel, per group of rows, per token.
 
-Weights are seen as the ``(K, N)`` matrix of :mod:`compressjax.quant.qarray` (``N`` = last axis =
+Weights are seen as the ``(K, N)`` matrix of :mod:`compressjax.qarray` (``N`` = last axis =
 output channel, ``K`` = product of the other axes). Quantizers work on :meth:`Granularity.view`
 of a tensor, reduce statistics over :meth:`Granularity.reduce` (kept as broadcastable dims) and
 map the result back with :meth:`Granularity.unview`:
@@ -21,7 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from compressjax.quant.qarray import as_matrix
+from compressjax.qarray import as_matrix
 
 Array = jax.Array
 

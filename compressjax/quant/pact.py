@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from compressjax.quant.base import Quantizer, State
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste
 
 Array = jax.Array

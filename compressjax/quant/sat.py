@@ -26,7 +26,7 @@ from compressjax.quant.base import Quantizer, State
 from compressjax.quant.dorefa import tanh_to_unit
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.quant.pact import ALPHA_INIT_DENSE, PACT
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 from compressjax.quant.ste import floor_ste
 
 Array = jax.Array

@@ -24,7 +24,7 @@ from compressjax.quant import _calibration
 from compressjax.quant._checks import check_granularity
 from compressjax.quant.base import Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
-from compressjax.quant.qarray import QArray, code_range
+from compressjax.qarray import QArray, code_range
 from compressjax.quant.ste import clip, round_ste
 
 Array = jax.Array

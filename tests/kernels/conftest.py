@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compressjax.quant.qarray import QArray, code_range
+from compressjax.qarray import QArray, code_range
 
 
 def random_qarray(seed, k, n, *, bits, group_size=None, signed=True, zero_point=False,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compressjax.kernels import BACKENDS, PALLAS_MAX_M, choose_backend, default_config, matmul
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

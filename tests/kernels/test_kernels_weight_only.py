@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from compressjax.kernels import BlockConfig, weight_only_matmul, weight_only_reference
-from compressjax.quant.qarray import QArray
+from compressjax.qarray import QArray
 
 # Small tiles so every case runs several M/N blocks, K steps and two K splits.
 SMALL = BlockConfig(block_m=8, block_n=16, block_k=32, split_k=2)

@@ -20,7 +20,7 @@ from compressjax.quant import (
     Uniform,
     per_group,
 )
-from compressjax.quant.qarray import code_range
+from compressjax.qarray import code_range
 
 SHAPES = [(8, 4), (2, 2, 4, 3), (16,)]  # dense kernel, conv kernel, vector; K = 8, 16, 16
 BITS = st.sampled_from([1, 2, 3, 4, 8, 16])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from compressjax.quant.qarray import (QArray, code_range, codes_per_byte, pack, padded_rows,
+from compressjax.qarray import (QArray, code_range, codes_per_byte, pack, padded_rows,
                                       unpack)
 
 BITS = st.sampled_from([1, 2, 3, 4, 8, 12])
