@@ -8,6 +8,7 @@ from compressjax.data.dataset import Dataset, load_dataset, stratified_split
 from compressjax.data.digits import Digits
 from compressjax.data.preprocess import channel_stats, normalize, resize_images
 from compressjax.data.splits import ArraySplit, SourceSplit, Split
+from compressjax.data.stdlib_text import StdlibText, StdlibTextConfig, prepared_stdlib_text
 
 __all__ = [
     "DATASETS",
@@ -19,6 +20,8 @@ __all__ = [
     "Digits",
     "SourceSplit",
     "Split",
+    "StdlibText",
+    "StdlibTextConfig",
     "batches",
     "channel_stats",
     "crop_flip",
@@ -28,6 +31,7 @@ __all__ = [
     "load_dataset",
     "normalize",
     "prepare_command",
+    "prepared_stdlib_text",
     "resize_images",
     "resolve_data_dir",
     "steps_per_epoch",
