@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,17 +45,17 @@ import optax
 from compressjax import cost, kernels, prune
 from compressjax._story_report import markdown, plot
 from compressjax.config import Config, get_config
-from compressjax.core import Compression, KeepZeros, compress, discover, init_from, keep_zeros
+from compressjax.core import Compression, KeepZeros, compress, discover, keep_zeros
 from compressjax.data import get_augment, steps_per_epoch
-from compressjax.distill.step import hinton_objective, make_distill_step
+from compressjax.distill.objective import hinton_objective
 from compressjax.export import export, size_report
 from compressjax.qarray import QArray
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train import (Setup, fit, make_eval_step, make_optimizer, make_train_step,
                                restore_variables, setup, total_steps, train_classifier)
+from compressjax.train.distill_step import make_distill_step
+from compressjax.train.quantized import from_float, init_examples
 from compressjax.train.state import state_from_variables
-
-INIT_EXAMPLES = 256  # training images that initialise the quantizers' state
 
 FILES = {"json": "summary.json", "markdown": "summary.md", "plot": "summary.png"}
 
@@ -208,8 +209,7 @@ def _load_teacher(cfg: Config, float_dir: str) -> _Teacher:
   s = setup(cfg, abstract=True)
   variables = restore_variables(float_dir)
   images, labels = _test_split(s)
-  train = s.dataset.train
-  examples, _ = train.take(np.arange(min(INIT_EXAMPLES, len(train))))
+  examples = init_examples(s.dataset.train)
   return _Teacher(s, variables, _accuracy(_logits(s.model, variables, images), labels), examples,
                   discover(s.model, examples), cost.profile(s.model, examples[:1], train=False))
 
@@ -224,8 +224,7 @@ def _fit_compressed(teacher: _Teacher, cfg: Config, name: str, rules: Sequence[A
   data, float_model = teacher.setup.dataset, teacher.setup.model
   model = compress(float_model, rules)
   # One compiled forward pass (eager, every op of it would compile on its own).
-  variables = jax.jit(lambda v, x: init_from(model, v, x, train=False))(teacher.variables,
-                                                                        teacher.examples)
+  variables = jax.jit(functools.partial(from_float, model))(teacher.variables, teacher.examples)
   steps = total_steps(cfg.train, len(data.train))
   epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
   tx = make_optimizer(cfg.optim, total_steps=steps, steps_per_epoch=epoch)

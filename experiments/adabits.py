@@ -29,9 +29,10 @@ import optax
 
 from compressjax.config import OptimConfig, get_config
 from compressjax.data import batches, steps_per_epoch
-from compressjax.quant import adabits as ab
+from compressjax.mixed import adabits as ab
 from compressjax.train import (TrainState, evaluate, make_eval_step, make_optimizer,
                                make_train_step, setup)
+from compressjax.train.adabits_step import make_joint_step
 from experiments import _report
 
 QAT_LR = 0.02
@@ -117,7 +118,7 @@ def run_seed(seed: int, bits_list: tuple[int, ...], float_epochs: int, epochs: i
   # shared weights as a separate model needs lr / len(bits_list) (lr 0.02 diverged on seed 1).
   joint_opt = qat_optimizer(epochs, n, lr_scale=1 / len(bits_list))
   state = new_state(ab.init_from_float(joint, f.variables, f.example), joint_opt, seed)
-  state = run_epochs(state, ab.make_joint_step(joint, joint_opt), train, epochs=epochs, seed=seed)
+  state = run_epochs(state, make_joint_step(joint, joint_opt), train, epochs=epochs, seed=seed)
   opt = qat_optimizer(epochs, n)
   for b in bits_list:
     log({"model": "joint", "bits": b, "accuracy": accuracy(ab.at_bits(joint, b), state, f.data.test)})
@@ -126,7 +127,7 @@ def run_seed(seed: int, bits_list: tuple[int, ...], float_epochs: int, epochs: i
   for b in bits_list:
     m = ab.adabits(f.model, (b,), f.example)
     s = new_state(ab.init_from_float(m, f.variables, f.example), opt, seed)
-    separate[b] = run_epochs(s, ab.make_joint_step(m, opt), train, epochs=epochs, seed=seed)
+    separate[b] = run_epochs(s, make_joint_step(m, opt), train, epochs=epochs, seed=seed)
     log({"model": "separate", "bits": b, "accuracy": accuracy(m, separate[b], f.data.test)})
 
   top = bits_list[0]

@@ -33,10 +33,11 @@ import optax
 
 from compressjax import cost
 from compressjax.data import ArraySplit, batches, load_dataset, steps_per_epoch
-from compressjax.distill.step import hinton_objective, make_distill_step
+from compressjax.distill.objective import hinton_objective
 from compressjax.models import CNN
 from compressjax.train import (TrainState, create_train_state, evaluate, make_eval_step,
                                make_train_step, param_count)
+from compressjax.train.distill_step import make_distill_step
 from experiments import _report
 
 

@@ -31,10 +31,11 @@ import numpy as np
 
 from compressjax import cost
 from compressjax.core import compress, discover
-from compressjax.quant import fracbits as fb
-from compressjax.quant import hawq
-from compressjax.quant import mixed_report as mr
+from compressjax.mixed import fracbits as fb
+from compressjax.mixed import hawq
+from compressjax.mixed import report as mr
 from compressjax.train import make_train_step
+from compressjax.train.fracbits_step import make_search_step
 from experiments import _report
 from experiments.adabits import (BATCH, QAT_LR, accuracy, enable_compile_cache, new_state,
                                  qat_optimizer, run_epochs, train_float)
@@ -61,7 +62,7 @@ def search(f, profile, budget, epochs: int, seed: int, kernel_wise: bool):
   n = max(1, round(SEARCH_FRACTION * epochs))
   opt = qat_optimizer(epochs, len(f.data.train), bits_lr=BITS_LR)
   variables = fb.init_from_float(model, f.variables, f.example)
-  step = fb.make_search_step(model, opt, profile, budget, variables["params"])
+  step = make_search_step(model, opt, profile, budget, variables["params"])
   state = run_epochs(new_state(variables, opt, seed), step, f.data.train, epochs=n, seed=seed)
   alloc = fb.harden(model, state.params, profile, budget)
   bits = fb.site_bits(model, state.params, profile)

@@ -22,9 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from compressjax.config import get_config
-from compressjax.quant.qat import QuantSpec, quantize_classifier
 from compressjax.quant.recipes import METHODS as ALL_METHODS
 from compressjax.train import train_classifier
+from compressjax.train.qat import quantize_classifier
 from experiments import _report
 
 METHODS = tuple(m for m in ALL_METHODS if m != "uniform")
@@ -57,11 +57,12 @@ def train_seed(seed, bits_list, float_epochs, qat_epochs, save=None, methods=MET
     base = train_classifier(float_cfg, float_dir)
     records.append({"seed": seed, "method": "float", "bits": 32, "accuracy": base["test_accuracy"]})
     save(records)
-    qat_cfg = get_config("digits_cnn", common + [f"train.epochs={qat_epochs}", "optim.lr=0.02"])
+    qat = common + [f"train.epochs={qat_epochs}", "optim.lr=0.02", f"quant.init_from={float_dir}"]
     for method in methods:
       for bits in bits_list:
-        out = quantize_classifier(qat_cfg, float_dir, os.path.join(tmp, f"{method}{bits}"),
-                                  QuantSpec(method=method, w_bits=bits, a_bits=bits))
+        recipe = [f"quant.method={method}", f"quant.w_bits={bits}", f"quant.a_bits={bits}"]
+        out = quantize_classifier(get_config("digits_cnn", qat + recipe),
+                                  os.path.join(tmp, f"{method}{bits}"))
         print(f"seed {seed} {method} W{bits}A{bits}: served {100 * out['served_accuracy']:.2f}%",
               flush=True)
         records.append({"seed": seed, "method": method, "bits": bits,

@@ -42,11 +42,13 @@ from IPython.display import Image, display
 from compressjax import cost
 from compressjax.core import compress, discover
 from compressjax.data import batches, load_dataset
+from compressjax.mixed import adabits as ab
+from compressjax.mixed import fracbits as fb
+from compressjax.mixed import report as mr
 from compressjax.models import CNN
-from compressjax.quant import adabits as ab
-from compressjax.quant import fracbits as fb
-from compressjax.quant import mixed_report as mr
 from compressjax.train import create_train_state, make_train_step
+from compressjax.train.adabits_step import make_joint_step
+from compressjax.train.fracbits_step import make_search_step
 from compressjax.train.state import state_from_variables
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"
@@ -127,7 +129,7 @@ def accuracy_at_every_bits(variables):
 before = accuracy_at_every_bits(joint_vars)
 # The summed loss has len(BITS) times the gradient of one model: scale the step down.
 tx = optax.sgd(0.02 / len(BITS), momentum=0.9, nesterov=True)
-state, metrics = run_epochs(ab.make_joint_step(joint, tx), new_state(joint_vars, tx), QAT_EPOCHS)
+state, metrics = run_epochs(make_joint_step(joint, tx), new_state(joint_vars, tx), QAT_EPOCHS)
 after = accuracy_at_every_bits(state.variables)
 print("bits  before  after joint training")
 for b in BITS:
@@ -170,7 +172,7 @@ is_lambda = lambda params: jax.tree_util.tree_map_with_path(
 tx = optax.multi_transform({"rest": optax.sgd(0.02, momentum=0.9), "bits": optax.adam(0.05)},
                            is_lambda)
 start_cost = float(fb.search_cost(fm, variables["params"], profile, budget))
-step = fb.make_search_step(fm, tx, profile, budget, variables["params"])
+step = make_search_step(fm, tx, profile, budget, variables["params"])
 state, metrics = run_epochs(step, new_state(variables, tx), SEARCH_EPOCHS)
 w_bits, a_bits = fb.site_bits(fm, state.params, profile)
 print(f"cost/target: {start_cost / budget.target:.3f} at the start -> "

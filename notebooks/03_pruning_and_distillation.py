@@ -41,11 +41,12 @@ from compressjax import cost, prune
 from compressjax.data import ArraySplit, batches, load_dataset
 from compressjax.data.image_pairs import heldout_pairs, pair_batches, train_patches
 from compressjax.distill import cat, pix2pix
-from compressjax.distill.step import hinton_objective, make_distill_step
+from compressjax.distill.objective import hinton_objective
 from compressjax.models import CNN
 from compressjax.models.discriminator import PatchDiscriminator
 from compressjax.models.generator import Generator
 from compressjax.train import make_train_step
+from compressjax.train.distill_step import make_distill_step
 from compressjax.train.state import state_from_variables
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"

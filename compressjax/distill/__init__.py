@@ -17,7 +17,7 @@ from compressjax.distill.kl import cross_entropy, hinton_loss, soft_kl
 from compressjax.distill.pix2pix import (FeatureDistill, GanState, evaluate_generator, generate,
                                          generator_variables, image_scores, init_gan_state,
                                          make_gan_step, pix2pix_init)
-from compressjax.distill.step import DistillInputs, hinton_objective, make_distill_step
+from compressjax.distill.objective import DistillInputs, hinton_objective
 from compressjax.distill.taps import apply_with_taps, available_paths, taps
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "attention_map", "attention_transfer", "available_paths", "cat_prune", "cka",
     "cross_entropy", "evaluate_generator", "feature_mse", "generate", "generator_macs",
     "generator_variables", "hinton_loss", "hinton_objective", "image_scores", "init_adaptor",
-    "init_gan_state", "ka_loss", "kernel_alignment", "make_distill_step", "make_gan_step",
+    "init_gan_state", "ka_loss", "kernel_alignment", "make_gan_step",
     "pix2pix_init", "prunable_scales", "prune_at", "psnr", "soft_kl", "ssim", "taps",
 ]

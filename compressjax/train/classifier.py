@@ -23,7 +23,8 @@ from compressjax.train.evaluate import evaluate
 from compressjax.train.loop import fit, total_steps
 from compressjax.train.mesh import initialize_distributed, make_mesh
 from compressjax.train.optim import make_optimizer
-from compressjax.train.quantized import INIT_EXAMPLES, quantize_model, quantized_init
+from compressjax.train.quantized import (INIT_EXAMPLES, init_examples, quantize_model,
+                                         quantized_init)
 from compressjax.train.sharding import (check_batch_size, replicated, state_shardings,
                                         with_shardings)
 from compressjax.train.state import TrainState, create_train_state
@@ -68,7 +69,7 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
   else:
     count = min(INIT_EXAMPLES, len(dataset.train))
     examples = (jax.ShapeDtypeStruct((count, *dataset.input_shape), np.float32) if abstract
-                else dataset.train.take(np.arange(count))[0])
+                else init_examples(dataset.train))
     float_model, model = model, quantize_model(cfg.quant, model, examples)
     init, args = quantized_init(cfg.quant, float_model, model, optimizer, examples, rng,
                                 abstract=abstract)

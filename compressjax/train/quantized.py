@@ -1,9 +1,10 @@
-"""The model and initial state of a config's ``quant`` section (QAT from ``compressjax train``).
+"""QAT from float, the one way: the model and initial state of a config's ``quant`` section.
 
-Same recipe as :func:`compressjax.quant.qat.quantize_classifier`: the rules of a named recipe
-(:mod:`compressjax.quant.recipes`) with ``edge_bits`` at the first and last site, quantizer
-state initialised on a batch of training images, from the float weights of
-``quant.init_from`` (a float run's workdir) or from the fresh initialisation.
+The rules of a named recipe (:mod:`compressjax.quant.recipes`) with ``edge_bits`` at the first
+and last site; quantizer state initialised (eval mode) on the first :data:`INIT_EXAMPLES`
+training images, from the float weights of ``quant.init_from`` (a float run's workdir) or from
+the fresh initialisation. :func:`~compressjax.train.classifier.setup` builds QAT runs with it,
+:mod:`compressjax.train.qat` and :mod:`compressjax.pipeline` start from float with it.
 """
 
 import os
@@ -17,11 +18,17 @@ import optax
 
 from compressjax.config import QuantConfig
 from compressjax.core import compress, discover, init_from
+from compressjax.data import Split
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train.checkpoint import restore_variables
-from compressjax.train.state import TrainState, create_train_state, state_from_variables
+from compressjax.train.state import TrainState, Variables, create_train_state, state_from_variables
 
-INIT_EXAMPLES = 256  # images that initialise activation quantizers (as quant.qat does)
+INIT_EXAMPLES = 256  # training images that initialise the quantizers' state
+
+
+def init_examples(train: Split) -> np.ndarray:
+  """The first :data:`INIT_EXAMPLES` images of ``train`` (all of them if it is smaller)."""
+  return train.take(np.arange(min(INIT_EXAMPLES, len(train))))[0]
 
 
 def quantize_model(cfg: QuantConfig, model: nn.Module, example: np.ndarray) -> nn.Module:
@@ -29,6 +36,12 @@ def quantize_model(cfg: QuantConfig, model: nn.Module, example: np.ndarray) -> n
   rules = recipe_rules(cfg.method, discover(model, example), w_bits=cfg.w_bits,
                        a_bits=cfg.a_bits, edge_bits=cfg.edge_bits)
   return compress(model, rules)
+
+
+def from_float(qmodel: nn.Module, float_vars: Variables, examples: Any) -> Variables:
+  """Variables of compressed ``qmodel`` from its float model's; quantizer state initialised
+  on ``examples`` in eval mode (pure: jit it, one compiled pass instead of many eager ops)."""
+  return init_from(qmodel, float_vars, examples, train=False)
 
 
 def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
@@ -47,7 +60,6 @@ def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
   state_rng = jax.random.split(rng, 3)[2]  # the base key create_train_state would keep
 
   def init(float_vars: Any, x: jax.Array) -> TrainState:
-    return state_from_variables(init_from(qmodel, float_vars, x, train=False), optimizer,
-                                state_rng)
+    return state_from_variables(from_float(qmodel, float_vars, x), optimizer, state_rng)
 
   return init, (float_vars, examples)

@@ -6,12 +6,13 @@ import optax
 from compressjax.core import Rule, compress
 from compressjax.distill.alignment import kernel_alignment
 from compressjax.distill.kl import hinton_loss, soft_kl
-from compressjax.distill.step import DistillInputs, hinton_objective, make_distill_step
+from compressjax.distill.objective import DistillInputs, hinton_objective
 from compressjax.models import get_model
 from compressjax.prune import Rule as PruneRule
 from compressjax.prune import magnitude
 from compressjax.quant import LSQ
 from compressjax.train import create_train_state
+from compressjax.train.distill_step import make_distill_step
 
 X = jax.random.normal(jax.random.key(1), (8, 8, 8, 1))
 Y = jnp.arange(8) % 10

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from compressjax import cost
+from compressjax.mixed import hawq
+from compressjax.mixed.budget import Budget
+from compressjax.mixed.common import site_inputs
+from compressjax.mixed.report import BitAllocation
 from compressjax.models import CNN, MLP
-from compressjax.quant import hawq
-from compressjax.quant._mixed_budget import Budget
-from compressjax.quant._mixed_common import site_inputs
-from compressjax.quant.mixed_report import BitAllocation
 from compressjax.train.steps import cross_entropy
 
 

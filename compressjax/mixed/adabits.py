@@ -10,9 +10,9 @@ One shared set of conv/dense weights. Per bit-width ``b`` in ``bits_list``:
 
 All switches exist from ``init``; the active bit-width is a static field, so ``at_bits(model, b)``
 is the same model (same variables) running at ``b`` (one compilation per bit-width). Joint
-training sums the losses over ``bits_list`` inside one ``value_and_grad`` and takes one optimizer
-step (:func:`make_joint_step`). Start from a float model with :func:`init_from_float`, which
-copies its BatchNorm into every switch.
+training (:func:`compressjax.train.adabits_step.make_joint_step`) sums the losses over
+``bits_list`` inside one ``value_and_grad`` and takes one optimizer step. Start from a float
+model with :func:`init_from_float`, which copies its BatchNorm into every switch.
 
 Baseline "direct adaptation": a model trained at one bit-width run at another, with its switch
 copied (:func:`copy_switch`), optionally after :func:`recalibrate_bn`.
@@ -21,23 +21,19 @@ copied (:func:`copy_switch`), optionally after :func:`recalibrate_bn`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import optax
 
 from compressjax.core.calibrate import calibrate
 from compressjax.core.compress import compress, shadowed, with_compression
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import discover
-from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
-                                              start_from_float)
+from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
+                                      start_from_float)
 from compressjax.quant.base import Quantizer
-from compressjax.train.state import TrainState
-from compressjax.train.steps import (Batch, LossFn, Metrics, accuracy, apply_gradients,
-                                     apply_model, cross_entropy, split_loss, step_rng)
 
 Array = jax.Array
 State = dict[str, Array]
@@ -238,7 +234,7 @@ def at_bits(model: nn.Module, bits: int) -> nn.Module:
 def init_from_float(model: nn.Module, float_variables: dict, x: Array, **kwargs: Any) -> dict:
   """AdaBits variables from a float model's: its BatchNorm copied into every switch.
 
-  ``kwargs`` go to :func:`compressjax.quant._mixed_common.start_from_float` (PACT init).
+  ``kwargs`` go to :func:`compressjax.mixed.common.start_from_float` (PACT init).
   """
   return start_from_float(model, float_variables, x, **kwargs)
 
@@ -257,33 +253,6 @@ def copy_switch(variables: Any, src: int, dst: int) -> Any:
     if k.endswith(end) and not isinstance(v, dict):
       out[k[: -len(end)] + suffix(dst)] = v
   return out
-
-
-def make_joint_step(
-    model: nn.Module, optimizer: optax.GradientTransformation, loss_fn: LossFn = cross_entropy
-) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """A jitted AdaBits step: the sum over ``bits_list`` of the losses at each bit-width, one
-  ``value_and_grad`` and one optimizer step. Each bit-width updates only its own BatchNorm
-  statistics. Metrics: ``loss`` (the sum), ``loss_b<bits>`` and ``accuracy_b<bits>``.
-  """
-  models = [(b, at_bits(model, b)) for b in bits_of(model)]
-
-  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    def objective(params):
-      model_state, total, metrics = state.model_state, 0.0, {}
-      for b, m in models:
-        logits, model_state = apply_model(m, params, model_state, batch["image"], train=True,
-                                          rng=step_rng(state))
-        loss, extras = split_loss(loss_fn(logits, batch["label"]))
-        total = total + loss
-        metrics.update({f"loss_b{b}": loss, f"accuracy_b{b}": accuracy(logits, batch["label"]),
-                        **{f"{k}_b{b}": v for k, v in extras.items()}})
-      return total, (model_state, metrics)
-
-    (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    return apply_gradients(state, optimizer, grads, model_state), {"loss": loss, **metrics}
-
-  return jax.jit(step)
 
 
 def recalibrate_bn(model: nn.Module, variables: dict, images: Iterable[Array]) -> dict:

@@ -1,7 +1,7 @@
 """Per-layer bit allocations: the JSON format, its rules, a text table and a plot.
 
-A :class:`BitAllocation` (written by FracBits' :func:`~compressjax.quant.fracbits.harden` and
-:func:`~compressjax.quant.hawq.hawq_allocation`) maps each site path to its weight and input
+A :class:`BitAllocation` (written by FracBits' :func:`~compressjax.mixed.fracbits.harden` and
+:func:`~compressjax.mixed.hawq.hawq_allocation`) maps each site path to its weight and input
 bits (``None``: float; a list: one weight bit-width per output channel). Saved as JSON::
 
     {"format": "compressjax.bit_allocation/1", "method": "fracbits",
@@ -26,9 +26,9 @@ import numpy as np
 
 from compressjax.core.rule import Rule
 from compressjax.cost import Profile
-from compressjax.quant._mixed_budget import Budget
-from compressjax.quant._mixed_common import DEFAULT_METHOD, Method, quantizers
-from compressjax.quant._mixed_interp import ChannelBits
+from compressjax.mixed.budget import Budget
+from compressjax.mixed.common import DEFAULT_METHOD, Method, quantizers
+from compressjax.mixed.interp import ChannelBits
 
 FORMAT = "compressjax.bit_allocation/1"
 
@@ -128,7 +128,7 @@ def rules_from_json(src: str | Mapping[str, Any] | BitAllocation, *, method: Met
 
   Every layer becomes ``Rule(pattern="^<path>$", weight=..., act=...)`` with ``method``'s
   quantizers at its bits (a recipe name, ``"sat_centered"`` or a callable, as in ``adabits``); per-channel weight bits become a
-  :class:`~compressjax.quant._mixed_interp.ChannelBits` over the recipe's weight quantizer
+  :class:`~compressjax.mixed.interp.ChannelBits` over the recipe's weight quantizer
   (the plain quantizer when all channels agree).
   """
   if isinstance(src, str):

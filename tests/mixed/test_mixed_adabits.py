@@ -6,9 +6,10 @@ import numpy as np
 import optax
 import pytest
 
+from compressjax.mixed import adabits as ab
 from compressjax.models import CNN
 from compressjax.quant import PACT, SAT
-from compressjax.quant import adabits as ab
+from compressjax.train.adabits_step import make_joint_step
 from compressjax.train.state import TrainState
 
 BITS = (8, 4, 2)
@@ -75,7 +76,7 @@ def test_joint_step_sums_losses_and_updates_every_switch(setup):
   v = dict(ab.init_from_float(am, float_vars, x))
   params = v.pop("params")
   state = TrainState(jnp.zeros((), jnp.int32), params, v, opt.init(params), jax.random.PRNGKey(0))
-  new, metrics = ab.make_joint_step(am, opt)(state, {"image": x, "label": y})
+  new, metrics = make_joint_step(am, opt)(state, {"image": x, "label": y})
   total = sum(float(metrics[f"loss_b{b}"]) for b in (4, 2))
   np.testing.assert_allclose(float(metrics["loss"]), total, rtol=1e-6)
   for b in (4, 2):  # every switch's BN statistics and affine parameters moved

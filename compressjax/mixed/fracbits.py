@@ -14,7 +14,7 @@ The search minimises ``CE + kappa * |cost(lambda) - target|`` (:class:`Budget`; 
 ``sum_l MACs_l * lambda_w_l * lambda_a_l``, or the model size), then :func:`harden` rounds,
 ``lambda <- round(lambda + offset)`` with ``offset`` found by bisection so the integer model's
 cost is within ``tol`` (1%) of the target, preferably at or under it, and returns a
-:class:`~compressjax.quant.mixed_report.BitAllocation`; :func:`~compressjax.quant.mixed_report.rules_from_json`
+:class:`~compressjax.mixed.report.BitAllocation`; :func:`~compressjax.mixed.report.rules_from_json`
 turns it into fixed-bit rules for fine-tuning. The first site keeps ``edge_bits`` weights and a
 float input, the last site ``edge_bits`` weights and inputs.
 """
@@ -22,30 +22,25 @@ float input, the last site ``edge_bits`` weights and inputs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from compressjax.core.compress import INPUT_PREFIX, WEIGHT_PREFIX, compress
 from compressjax.core.matching import path_str
 from compressjax.core.sites import discover
 from compressjax.cost import Profile
-from compressjax.quant._mixed_budget import Budget, check_profile
-from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, node_at,
-                                              quantizers, transfer)
-from compressjax.quant._mixed_common import start_from_float as init_from_float
-from compressjax.quant._mixed_interp import ChannelBits, check_levels, mix
-from compressjax.quant.adabits import Switchable
+from compressjax.mixed.adabits import Switchable
+from compressjax.mixed.budget import Budget, check_profile
+from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, node_at, quantizers,
+                                      transfer)
+from compressjax.mixed.common import start_from_float as init_from_float
+from compressjax.mixed.interp import ChannelBits, check_levels, mix
+from compressjax.mixed.report import BitAllocation
 from compressjax.quant.base import Quantizer
-from compressjax.quant.mixed_report import BitAllocation
-from compressjax.train.state import TrainState
-from compressjax.train.steps import (Batch, LossFn, Metrics, accuracy, apply_gradients,
-                                     apply_model, cross_entropy, split_loss, step_rng)
 
 Array = jax.Array
 State = dict[str, Array]
@@ -55,7 +50,7 @@ LAMBDA = "lambda"
 # its activations; transfer: carries weights, BatchNorm and clip levels from the search
 # variables into the fixed-bit model built by ``rules_from_json``.
 __all__ = ["Budget", "ChannelBits", "FracBits", "clamp_lambdas", "fracbits", "harden",
-           "init_from_float", "make_search_step", "search_cost", "site_bits", "transfer"]
+           "init_from_float", "search_cost", "site_bits", "transfer"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -222,38 +217,6 @@ def clamp_lambdas(model: nn.Module, params: Any) -> Any:
     return leaf
 
   return jax.tree_util.tree_map_with_path(project, params)
-
-
-def make_search_step(
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    profile: Profile,
-    budget: Budget,
-    params: Any,
-    loss_fn: LossFn = cross_entropy,
-) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """A jitted FracBits search step: ``loss_fn + budget.penalty(cost)``, one optimizer step,
-  lambdas clamped. ``params`` (e.g. the initial ones) are used to check the budget is
-  reachable and every layer is profiled. Metrics: loss, ce, accuracy, cost, penalty.
-  """
-  check_budget(model, params, profile, budget)
-
-  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    def objective(p):
-      logits, model_state = apply_model(model, p, state.model_state, batch["image"], train=True,
-                                        rng=step_rng(state))
-      ce, extras = split_loss(loss_fn(logits, batch["label"]))
-      cost = search_cost(model, p, profile, budget)
-      penalty = budget.penalty(cost)
-      metrics = {"ce": ce, "cost": cost, "penalty": penalty,
-                 "accuracy": accuracy(logits, batch["label"]), **extras}
-      return ce + penalty, (model_state, metrics)
-
-    (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    state = apply_gradients(state, optimizer, grads, model_state)
-    return state.replace(params=clamp_lambdas(model, state.params)), {"loss": loss, **metrics}
-
-  return jax.jit(step)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from compressjax import cost
+from compressjax.mixed import report as mr
+from compressjax.mixed.budget import Budget
+from compressjax.mixed.interp import ChannelBits
 from compressjax.models import CNN
 from compressjax.quant import SAT
-from compressjax.quant import mixed_report as mr
-from compressjax.quant._mixed_budget import Budget
-from compressjax.quant._mixed_interp import ChannelBits
 
 W = {"conv0": 8, "conv1": [2, 3, 3, 4], "hidden": 3, "head": 8}
 A = {"conv0": None, "conv1": 4, "hidden": 3, "head": 8}

@@ -2,62 +2,21 @@
 
 The student is any Linen model trained through a ``TrainState`` (a ``compress``-ed model with
 quantizer collections, or one whose optimizer chains an optax pruner); the teacher is frozen and
-runs with ``train=False``. One loss function sees both models' outputs and tapped features:
-
-    loss_fn(DistillInputs) -> loss | (loss, {name: metric})
-
-``hinton_objective`` builds the usual one, ``(1 - a) CE + a T^2 KL`` (plus any feature terms).
+runs with ``train=False``. The loss is a :data:`~compressjax.distill.objective.DistillLoss`
+(e.g. :func:`~compressjax.distill.objective.hinton_objective`).
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from compressjax.distill.kl import hinton_loss
+from compressjax.distill.objective import DistillInputs, DistillLoss
 from compressjax.distill.taps import apply_with_taps
 from compressjax.train.state import TrainState
 from compressjax.train.steps import (Batch, Metrics, TrainStep, accuracy, apply_gradients,
                                      split_loss, step_rng)
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillInputs:
-  """What a distillation loss sees in one step."""
-  student_logits: jax.Array
-  teacher_logits: jax.Array
-  student_feats: Mapping[str, jax.Array]
-  teacher_feats: Mapping[str, jax.Array]
-  batch: Batch
-
-
-DistillLoss = Callable[[DistillInputs], jax.Array | tuple[jax.Array, Metrics]]
-FeatureTerm = tuple[str, str, Callable[[jax.Array, jax.Array], jax.Array], float]
-
-
-def hinton_objective(temperature: float = 4.0, alpha: float = 0.9,
-                     feature_terms: Sequence[FeatureTerm] = ()) -> DistillLoss:
-  """``hinton_loss`` on logits plus ``weight * fn(student_feats[s], teacher_feats[t])`` for each
-  (s, t, fn, weight) term. Examples with a negative label (or ``batch["label_mask"]`` 0) are
-  unlabelled: they get only the teacher's soft targets (few-label training)."""
-
-  def loss_fn(d: DistillInputs) -> tuple[jax.Array, Metrics]:
-    labels = d.batch["label"]
-    mask = d.batch.get("label_mask", labels >= 0)
-    kd = hinton_loss(d.student_logits, d.teacher_logits, jnp.maximum(labels, 0), temperature,
-                     alpha, mask)
-    metrics = {"kd": kd}
-    total = kd
-    for s, t, fn, weight in feature_terms:
-      term = fn(d.student_feats[s], d.teacher_feats[t])
-      metrics[f"feat/{s}"] = term
-      total = total + weight * term
-    return total, metrics
-
-  return loss_fn
 
 
 def make_distill_step(student: nn.Module, optimizer: Any, teacher: nn.Module,

@@ -26,17 +26,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from compressjax.core.compress import INPUT_PREFIX, compress, init_from
 from compressjax.core.matching import first_match
 from compressjax.core.rule import Rule
 from compressjax.core.sites import discover
 from compressjax.cost import Profile
-from compressjax.quant._mixed_budget import Budget, check_profile
-from compressjax.quant._mixed_common import (DEFAULT_METHOD, Method, edge_rules, node_at,
-                                              quantizers, site_inputs)
-from compressjax.quant.mixed_report import BitAllocation
-from compressjax.train.steps import cross_entropy
+from compressjax.mixed.budget import Budget, check_profile
+from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, node_at, quantizers,
+                                      site_inputs)
+from compressjax.mixed.report import BitAllocation
 
 Array = jax.Array
 
@@ -89,6 +89,11 @@ class _Perturb:
 
   def fake(self, x, params, stats):
     return x + params["delta"]
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """The default loss of :func:`site_traces`: mean softmax cross-entropy, integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def site_traces(
@@ -165,7 +170,7 @@ def hawq_allocation(
 ) -> BitAllocation:
   """Integer bits for a float ``model`` (``variables``) under ``budget``, by Hessian sensitivity.
 
-  Searchable operands and fixed edges are as in :func:`compressjax.quant.fracbits.fracbits`;
+  Searchable operands and fixed edges are as in :func:`compressjax.mixed.fracbits.fracbits`;
   ``(x, y)`` is the batch the Hessian traces and quantization noise are measured on; PACT clip
   levels for the activation noise are the ``alpha_percentile`` of each input. ``traces``:
   :func:`site_traces` already computed (e.g. ``meta["avg_hessian_trace"]`` of an allocation of

@@ -8,10 +8,11 @@ import pytest
 
 from compressjax import cost
 from compressjax.core import compress
+from compressjax.mixed import fracbits as fb
+from compressjax.mixed import report as mr
 from compressjax.models import CNN, MLP
 from compressjax.quant import PACT, SAT, DoReFa
-from compressjax.quant import fracbits as fb
-from compressjax.quant import mixed_report as mr
+from compressjax.train.fracbits_step import make_search_step
 from compressjax.train.state import TrainState
 
 
@@ -76,7 +77,7 @@ def test_bits_move_under_the_penalty_and_the_hardened_cost_is_within_one_percent
   assert start > 1.05 * budget.target  # lambdas start at target + 0.5
   opt = optax.adam(0.05)
   state = TrainState(jnp.zeros((), jnp.int32), params, v, opt.init(params), jax.random.PRNGKey(0))
-  step = fb.make_search_step(fm, opt, profile, budget, params)
+  step = make_search_step(fm, opt, profile, budget, params)
   for _ in range(15):
     state, metrics = step(state, {"image": x, "label": y})
   moved = np.abs(np.asarray(state.params["conv1"]["kernel_lambda"]) - 3.5)
@@ -131,7 +132,7 @@ def test_clamp_lambdas_projects_onto_the_allowed_range(setup):
 def test_budget_below_reach_and_unprofiled_layers_are_refused(setup):
   model, x, _, profile, fm, v = setup
   with pytest.raises(ValueError, match="below .* the smallest cost the allowed bits reach"):
-    fb.make_search_step(fm, optax.sgd(0.1), profile, fb.Budget(target=1000.0), v["params"])
+    make_search_step(fm, optax.sgd(0.1), profile, fb.Budget(target=1000.0), v["params"])
   with pytest.raises(ValueError, match="below"):
     fb.harden(fm, v["params"], profile, fb.Budget(target=1000.0))
   other = cost.profile(MLP(num_classes=10), x)
