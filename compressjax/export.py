@@ -1,64 +1,417 @@
-"""Export: a trained fake-quant model -> integer QArray weights and a serving model.
+"""Export: a trained fake-quant model -> QArray weights and a serving model on integer paths.
 
-``export(model, variables)`` replaces every quantized site's float kernel (and the weight
-quantizer's own state, now folded into scales) with the :class:`QArray` that the weight
-quantizer writes, and returns the same model in serving mode: its Dense layers multiply
-through :func:`compressjax.kernels.dispatch.matmul`, other layers through the dequantized
-weight, and activation quantizers run as in training. Outputs equal the fake-quant model's up
-to float rounding, because ``QArray.dequantize() == quantizer.fake(kernel)``.
+``export`` follows the trace: it traces the model on example inputs, and for every site whose
+rule has a weight transform computes the op's weight operand from its parameter (through the
+same reshapes / transposes / scan slices the model applies, so a scanned stack exports as one
+stacked QArray), and writes the QArray that the transform's ``export`` makes. Site by site,
+jitted, so peak memory is the float parameters plus the packed ones plus one site's temporaries.
+Parameters that only such sites read are left out of the serving variables.
+
+Serving (:func:`serve_handler`) computes each site on the fastest correct path:
+
+* ``int8 dot`` / ``int8 conv``: weights <= 8 bits with per-channel or per-tensor scales and an
+  activation quantizer with an integer form and a per-tensor scale: int8 x int8 -> int32
+  (``preferred_element_type=int32``) plus one fused rescale; zero points and the unsigned-code
+  offset are folded in exactly with row / column sums.
+* ``kernel``: float (or fake-quantized) activations times a packed weight through
+  :func:`compressjax.kernels.matmul` (a ``dot_general`` whose weight has no batch axes).
+* ``xla dequant``: dequantize, then the op (what nothing better serves).
+Served outputs equal the fake-quant model's up to float summation order; NaN inputs give NaN in
+the same outputs (the integer paths put them back).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from compressjax.core.compress import STATS, WEIGHT_PREFIX, is_compressed, with_compression
-from compressjax.core.matching import path_str
+from compressjax.core.checks import check_finite
+from compressjax.core.compress import (SERVED, SITE_PARAMS, STATS, Compression, as_dict, is_compressed,
+                                       join_state, site_error, trace_linen, weight_view)
+from compressjax.core.trace import Site, operand_of
+from compressjax.core.tree_paths import flat_paths, get_path, set_path
 from compressjax.qarray import QArray
 
+INT8 = "int8 dot"
 
-def export(model: nn.Module, variables: dict, *, backend: str | None = None):
-  """Returns ``(serving_model, serving_variables)`` for a compressed ``model``.
 
-  Args:
-    model: a model built by :func:`compressjax.core.compress`.
-    variables: its trained variables (``params``, ``quant_stats``, ``batch_stats``, ...).
-    backend: kernel dispatcher backend for serving (None: automatic by platform and shape).
+def export(model: Any, variables: dict | None = None, *args: Any, backend: str | None = None,
+           method: str | None = None, **kwargs: Any):
+  """Integer export of a compressed model.
+
+  Linen: ``export(model, variables, *example_args)`` -> ``(serving_model, serving_variables)``;
+  the example inputs (arrays or ShapeDtypeStructs) only fix the trace. NNX:
+  ``export(compressed_module)`` -> a serving module (it reuses the compress-time example).
+  ``backend`` pins the kernel dispatcher's backend (None: automatic).
   """
   if not is_compressed(model):
     raise TypeError(
-        f"export needs a compressed model (compressjax.core.compress), got {type(model).__name__}"
-    )
-  spec = model.compression
-  params = _to_dict(variables["params"])
-  stats = _to_dict(variables.get(STATS, {}))
-  for path, site in _kernel_owners(params):
-    rule = spec.rule_for(path_str(path))
-    if rule is None or rule.weight is None:
+        f"export needs a compressed model (compressjax.compress), got {type(model).__name__}")
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model, nnx.Module):
+    return _export_nnx(model, backend)
+  if variables is None or not args:
+    raise TypeError("export(linen_model, variables, *example_inputs): give the inputs (or "
+                    "ShapeDtypeStructs) the model is called with")
+  variables = as_dict(variables)
+  tr = trace_linen(model, variables, *args, method=method, **kwargs)
+  user = dict(variables["params"])
+  site_params = user.pop(SITE_PARAMS, {})
+  state = join_state(tr.site_list, site_params, variables.get(STATS, {}))
+  served, absent = export_sites(model.compression, tr, lambda p: get_path(user, p), state)
+  for path, _, _ in absent:
+    _delete(user, path)
+  serving = {k: v for k, v in variables.items() if k not in ("params", STATS)}
+  serving["params"] = user
+  serving[SERVED] = served
+  spec = dataclasses.replace(model.compression, serve=True, backend=backend, absent=absent)
+  return model.clone(compression=spec), serving
+
+
+def export_sites(spec: Compression, tr, param_value, state: dict):
+  """QArrays for every weight site; returns (nested served state, absent parameter specs)."""
+  served: dict = {}
+  exported_params = set()
+  for site in tr.site_list:
+    rule = spec.rule_for(site)
+    if rule is None or rule.is_float:
       continue
-    site_stats = _get(stats, path)
-    qarray = rule.weight.export(
-        site["kernel"], _strip(site, WEIGHT_PREFIX), _strip(site_stats, WEIGHT_PREFIX)
-    )
-    for name in [k for k in site if k.startswith(WEIGHT_PREFIX)]:
-      del site[name]
-    for name in [k for k in site_stats if k.startswith(WEIGHT_PREFIX)]:
-      del site_stats[name]
-    site["kernel"] = qarray
-  serving = {**variables, "params": params}
-  if STATS in variables:
-    serving[STATS] = stats
-  return with_compression(model, serve=True, backend=backend), serving
+    st = state.get(site.name, {"params": {}, "stats": {}})
+    entry = {}
+    weight_t, act_t = (rule.weight, rule.act) if site.has_weight else (None, None)
+    if site.has_weight and weight_t is not None:
+      w = param_value(site.param)
+      check_finite({site.param: w}, f"export of site {site.name!r}")
+      entry["weight"] = _export_weight(site, weight_t, w, st["params"].get("weight", {}),
+                                       st["stats"].get("weight", {}))
+      exported_params.add(site.param)
+    for operand in site.operands:
+      if operand != "weight" and operand in st["params"] or operand in st["stats"]:
+        if operand != "weight":
+          entry[operand] = {"params": st["params"].get(operand, {}),
+                            "stats": st["stats"].get(operand, {})}
+    if entry:
+      set_path(served, site.name, entry)
+  absent = []
+  for param in sorted(exported_params):
+    uses = tr.param_uses.get(param, [])
+    if uses and all(u.startswith("site ") and _has_weight_rule(spec, tr, u[5:]) for u in uses):
+      value = param_value(param)
+      absent.append((param, tuple(value.shape), str(np.dtype(value.dtype))))
+  return served, tuple(absent)
+
+
+def _has_weight_rule(spec, tr, name):
+  site = next(s for s in tr.site_list if s.name == name)
+  rule = spec.rule_for(site)
+  return rule is not None and rule.weight is not None
+
+
+def _export_weight(site: Site, transform, param, params, stats) -> QArray:
+  view, _ = weight_view(site)
+  depth = len(site.stack)
+
+  def one(w, p, s):
+    return transform.export(view(w), p, s)
+
+  f = one
+  for _ in range(depth):
+    f = jax.vmap(f)
+  operand = jax.jit(lambda a: operand_of(site, a))(param)
+  try:
+    return jax.jit(f)(operand, params, stats)
+  except ValueError as e:
+    raise site_error(site, "weight", operand, e) from e
+
+
+def _delete(tree: dict, path: str) -> None:
+  *parents, last = path.split("/")
+  for part in parents:
+    tree[part] = dict(tree[part])
+    tree = tree[part]
+  del tree[last]
+
+
+def _export_nnx(module, backend):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.core import nnx_compress  # pylint: disable=g-import-not-at-top
+
+  example = module.example
+  tr = nnx_compress.trace_nnx(module, example.args, example.kwargs, method=example.method)
+  graphdef, params, rest = nnx.split(module.model, nnx.Param, ...)
+  values = dict(flat_paths(params))
+  value_of = lambda p: values.get(p + "/value", values.get(p))
+  state = join_state(tr.site_list, nnx_compress._unwrap(module.site_params),  # pylint: disable=protected-access
+                                  nnx_compress._unwrap(module.site_stats))  # pylint: disable=protected-access
+  served, absent = export_sites(module.compression, tr, value_of, state)
+  copy = nnx.merge(graphdef, params, rest)
+  drop = {p for p, _, _ in absent}
+  for path, var in nnx.iter_graph(copy):
+    if isinstance(var, nnx.Param) and "/".join(map(str, path)) in drop:
+      var.value = jnp.zeros((0,), var.value.dtype)
+  spec = dataclasses.replace(module.compression, serve=True, backend=backend, absent=absent)
+  out = nnx_compress.CompressedModule(copy, spec, {}, {}, served, example)
+  out.use_running_average = True
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Serving.
+
+
+def serve_handler(spec: Compression, record: dict | None = None):
+  """The site handler of a serving model; ``record`` (if given) gets ``{site: (path, why)}``."""
+
+  def handle(site: Site, ins, state):
+    rule = spec.rule_for(site)
+    if rule is None or rule.is_float or state is None:
+      _note(record, site, "float", "no rule" if rule is None or rule.is_float else "no state")
+      return site.bind(*ins), None
+    if not site.has_weight:
+      outs = [_fake(t, x, state.get(op)) for t, x, op in
+              zip(rule.transforms_for(site), ins, site.operands)]
+      _note(record, site, "fake-quant float", "activation x activation op")
+      return site.bind(*outs), None
+    w_index = site.weight_index
+    x_index = 1 - w_index
+    x = ins[x_index]
+    act = state.get("input")
+    qw = state.get("weight")
+    if qw is None:  # float weight, quantized input
+      outs = list(ins)
+      outs[x_index] = _fake(rule.act, x, act)
+      _note(record, site, "float", "no weight transform")
+      return site.bind(*outs), None
+    why = _int_path_refusal(site, rule.act, qw)
+    if why is None:
+      _note(record, site, INT8 if site.op == "dot_general" else "int8 conv", "")
+      return _integer_op(site, rule.act, x, act, qw), None
+    xf = _fake(rule.act, x, act)
+    if site.op == "dot_general" and _kernel_ok(site):
+      _note(record, site, "kernel", why)
+      return _kernel_dot(site, xf, qw, spec.backend), None
+    _note(record, site, "xla dequant", why)
+    _, unview = weight_view(site)
+    w = unview(qw.dequantize(jnp.dtype(site.dtypes[w_index])))
+    outs = [None, None]
+    outs[w_index], outs[x_index] = w, xf
+    return site.bind(*outs), None
+
+  return handle
+
+
+def _note(record, site, path, why):
+  if record is not None:
+    record[site.name] = (path, why)
+
+
+def _fake(transform, x, state):
+  if transform is None:
+    return x
+  state = state or {"params": {}, "stats": {}}
+  return transform.fake(x, state["params"], state["stats"])
+
+
+def _int_path_refusal(site: Site, act, qw: QArray) -> str | None:
+  """Why ``site`` cannot run on int8 x int8 (None: it can)."""
+  if act is None or not hasattr(act, "quantize"):
+    return "activations are float (no activation quantizer with an integer form)"
+  if getattr(act, "bits", 99) > 8 or qw.bits > 8:
+    return f"{getattr(act, 'bits', '?')}-bit activations / {qw.bits}-bit weights exceed int8"
+  if qw.scale.shape[-2] != 1:
+    return "group-wise weight scales vary along the contraction"
+  if site.op != "dot_general" and any(d != 1 for d in site.params.get("lhs_dilation", ())):
+    return "transposed convolution (input dilation): dilation holes are not code 0"
+  return None
+
+
+def _integer_op(site: Site, act, x, act_state, qw: QArray):
+  """int8 x int8 -> int32 op with the exact zero-point / offset corrections, then one rescale."""
+  act_state = act_state or {"params": {}, "stats": {}}
+  q = act.quantize(x, act_state["params"], act_state["stats"])
+  if np.ndim(q.scale) > 0 and np.size(q.scale) != 1 or np.ndim(q.zero_point) > 0 and np.size(
+      q.zero_point) != 1:
+    return _dequant_fallback(site, act, x, act_state, qw)
+  ox = 128 if q.hi > 127 else 0
+  x_int = (q.codes - ox).astype(jnp.int8)
+  w_index, x_index = site.weight_index, 1 - site.weight_index
+  codes = qw.codes()  # (K, N) int32, canonical view
+  ow = 128 if codes_hi(qw) > 127 else 0
+  w_int = _unview_codes(site, (codes - ow).astype(jnp.int8))
+  zw = 0.0 if qw.zero_point is None else qw.zero_point.reshape(-1)
+  zx = jnp.asarray(q.zero_point, jnp.float32).reshape(())
+  dw = ow - zw  # per output channel (or scalar)
+  dx = ox - zx
+  k = math.prod(site.shapes[w_index][a] for a in site.contracting(w_index))
+  col = jnp.sum(codes - ow, axis=0).astype(jnp.float32)  # (N,) sums of the int8 weight codes
+  if site.op == "dot_general":
+    operands = [None, None]
+    operands[w_index], operands[x_index] = w_int, x_int
+    acc = site.primitive.bind(*operands, **{**site.params, "preferred_element_type": jnp.int32})
+    acc = acc.astype(jnp.float32)
+    if not (np.isscalar(dw) and dw == 0):
+      rows = jnp.sum(x_int.astype(jnp.int32), axis=site.contracting(x_index)).astype(jnp.float32)
+      acc = acc + _to_out(site, x_index, rows) * _to_out(site, w_index, _per_n(site, dw))
+    acc = acc + dx * _to_out(site, w_index, _per_n(site, col))
+    acc = acc + k * dx * _to_out(site, w_index, _per_n(site, dw))
+    scale = q.scale * _to_out(site, w_index, _per_n(site, qw.scale.reshape(-1)))
+    y = acc * scale
+    nan_rows = jnp.any(jnp.isnan(x), axis=site.contracting(x_index))
+    y = jnp.where(_to_out(site, x_index, nan_rows), jnp.nan, y)
+  else:
+    acc = _conv_int(site, x, q, x_int, w_int, ox, ow, zw, col, k)
+    bshape = [1] * acc.ndim
+    bshape[site.params["dimension_numbers"].out_spec[1]] = -1
+    y = _conv_nan(site, x, acc * q.scale * qw.scale.reshape(bshape if qw.scale.size > 1 else ()))
+  return y.astype(_out_dtype(site))
+
+
+def codes_hi(qw: QArray) -> int:
+  return 2 ** (qw.bits - 1) - 1 if qw.signed else 2**qw.bits - 1
+
+
+def _dequant_fallback(site, act, x, act_state, qw):
+  _, unview = weight_view(site)
+  outs = [None, None]
+  outs[site.weight_index] = unview(qw.dequantize(jnp.dtype(site.dtypes[site.weight_index])))
+  outs[1 - site.weight_index] = _fake(act, x, act_state)
+  return site.bind(*outs)
+
+
+def _out_dtype(site):
+  pet = site.params.get("preferred_element_type")
+  return pet or jnp.result_type(*site.dtypes)
+
+
+def _unview_codes(site: Site, codes_kn):
+  _, unview = weight_view(site)
+  return unview(codes_kn)
+
+
+def _per_n(site: Site, v):
+  """A per-output-channel vector (N,) of the weight view as an array over the weight's rest axes."""
+  v = jnp.asarray(v, jnp.float32)
+  shape = site.shapes[site.weight_index]
+  rest = [a for a in range(len(shape)) if a not in site.contracting(site.weight_index)]
+  if v.ndim == 0 or v.size == 1:
+    return v.reshape((1,) * len(rest))
+  return v.reshape(tuple(shape[a] for a in rest))
+
+
+def _to_out(site: Site, index: int, arr):
+  """An array over operand ``index``'s non-contracting axes, broadcast to the op's output."""
+  if jnp.size(arr) == 1:
+    return jnp.reshape(arr, ())
+  shape = site.shapes[index]
+  contract = site.contracting(index)
+  axes = [a for a in range(len(shape)) if a not in contract]
+  (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+  batch = (lb, rb)[index]
+  nb = len(lb)
+  n_lhs_free = len(site.shapes[0]) - len(lc) - len(lb)
+  pos = {}
+  for i, a in enumerate(batch):
+    pos[a] = i
+  free = [a for a in axes if a not in batch]
+  offset = nb if index == 0 else nb + n_lhs_free
+  for i, a in enumerate(free):
+    pos[a] = offset + i
+  out_rank = nb + n_lhs_free + (len(site.shapes[1]) - len(rc) - len(rb))
+  order = sorted(axes, key=lambda a: pos[a])
+  arr = jnp.transpose(arr, [axes.index(a) for a in order])
+  full = [1] * out_rank
+  for a in order:
+    full[pos[a]] = shape[a]
+  return arr.reshape(full)
+
+
+def _conv_int(site: Site, x, q, x_int, w_int, ox, ow, zw, col, k):
+  """int8 conv with exact corrections; padding is explicit so padded inputs are code 0."""
+  spec = site.params["dimension_numbers"]
+  params = dict(site.params)
+  if ox:
+    pads = [(0, 0, 0)] * x_int.ndim
+    for dim, (lo, hi) in zip(spec.lhs_spec[2:], params["padding"]):
+      pads[dim] = (lo, hi, 0)
+    x_int = lax.pad(x_int, jnp.int8(-ox), pads)
+    params["padding"] = tuple((0, 0) for _ in params["padding"])
+  int_params = {**params, "preferred_element_type": jnp.int32}
+  acc = site.primitive.bind(x_int, w_int, **int_params).astype(jnp.float32)
+  bshape = [1] * acc.ndim
+  bshape[spec.out_spec[1]] = -1
+  per_out = lambda v: jnp.asarray(v, jnp.float32).reshape(bshape if np.size(v) > 1 else ())
+  dw = ow - zw
+  dx = ox - jnp.asarray(q.zero_point, jnp.float32).reshape(())
+  if not (np.isscalar(dw) and dw == 0):
+    window = site.primitive.bind(x_int, jnp.ones_like(w_int), **int_params)
+    acc = acc + window.astype(jnp.float32) * per_out(dw)
+  acc = acc + dx * per_out(col) + k * dx * per_out(dw)
+  return acc
+
+
+def _conv_nan(site: Site, x, y):
+  """NaN wherever a NaN input falls in the output's receptive field (as float conv gives)."""
+  w_shape = site.shapes[1]
+  hit = site.primitive.bind(jnp.isnan(x).astype(jnp.float32), jnp.ones(w_shape, jnp.float32),
+                            **{**site.params, "preferred_element_type": jnp.float32})
+  return jnp.where(hit > 0, jnp.nan, y)
+
+
+def _kernel_ok(site: Site) -> bool:
+  (lc, rc), (lb, rb) = site.params["dimension_numbers"]
+  return not lb and not rb
+
+
+def _kernel_dot(site: Site, x, qw: QArray, backend):
+  """``x . W`` through the kernel dispatcher: x as (M, K) in the weight view's K order."""
+  from compressjax import kernels  # pylint: disable=g-import-not-at-top
+
+  w_index, x_index = site.weight_index, 1 - site.weight_index
+  x_contract = site.contracting(x_index)
+  x_free = [a for a in range(x.ndim) if a not in x_contract]
+  xm = jnp.transpose(x, (*x_free, *x_contract)).reshape(
+      -1, math.prod(x.shape[a] for a in x_contract))
+  y = kernels.matmul(xm, qw, backend=backend, out_dtype=jnp.float32)
+  w_shape = site.shapes[w_index]
+  w_rest = [w_shape[a] for a in range(len(w_shape)) if a not in site.contracting(w_index)]
+  y = y.reshape(*(x.shape[a] for a in x_free), *w_rest)
+  if w_index == 0:  # op output is (weight free..., x free...)
+    nx = len(x_free)
+    y = jnp.transpose(y, (*range(nx, y.ndim), *range(nx)))
+  return y.astype(_out_dtype(site))
+
+
+def serving_paths(model: Any, variables: dict, *args: Any, **kwargs: Any) -> dict[str, tuple]:
+  """``{site: (path, why)}``: which path each site of a serving Linen model is served on."""
+  record: dict = {}
+  spec = model.compression
+  tr = trace_linen(model, variables, *args, **kwargs)
+  handler = serve_handler(spec, record)
+  served = variables.get(SERVED, {})
+
+  def probe():
+    for site in tr.site_list:
+      st = get_path(served, site.name)
+      ins = [jnp.zeros(s, d) for s, d in zip(site.shapes, site.dtypes)]
+      if st is not None and "weight" in st and site.stack:
+        st = jax.tree_util.tree_map(lambda a: a[(0,) * len(site.stack)], st)
+      handler(site, ins, st)
+    return 0
+
+  jax.eval_shape(probe)
+  return record
 
 
 @dataclasses.dataclass(frozen=True)
 class SizeReport:
-  """Bytes of a variables tree: total, by kind, and per top-level parameter path."""
+  """Bytes of a variables tree: total, by kind, and per parameter path."""
 
   total_bytes: int
   qarray_bytes: int
@@ -66,16 +419,13 @@ class SizeReport:
   per_leaf: dict[str, int]
 
 
-def size_report(variables: dict, collections: tuple[str, ...] = ("params",)) -> SizeReport:
+def size_report(variables: dict, collections: tuple[str, ...] = ("params", SERVED)) -> SizeReport:
   """Storage size of ``variables`` (QArrays count their packed codes and scales)."""
   per_leaf: dict[str, int] = {}
   qbytes = fbytes = 0
   for col in collections:
-    leaves = jax.tree_util.tree_flatten_with_path(
-        variables.get(col, {}), is_leaf=lambda x: isinstance(x, QArray)
-    )[0]
-    for path, leaf in leaves:
-      key = col + "/" + "/".join(str(getattr(p, "key", p)) for p in path)
+    for path, leaf in flat_paths(variables.get(col, {}), is_leaf=lambda x: isinstance(x, QArray)):
+      key = f"{col}/{path}"
       if isinstance(leaf, QArray):
         n = leaf.nbytes
         qbytes += n
@@ -84,29 +434,3 @@ def size_report(variables: dict, collections: tuple[str, ...] = ("params",)) -> 
         fbytes += n
       per_leaf[key] = n
   return SizeReport(qbytes + fbytes, qbytes, fbytes, per_leaf)
-
-
-def _to_dict(tree: Any) -> Any:
-  """A mutable nested-dict copy of a (possibly frozen) variables collection."""
-  if isinstance(tree, dict) or hasattr(tree, "items"):
-    return {k: _to_dict(v) for k, v in tree.items()}
-  return tree
-
-
-def _kernel_owners(params: dict, prefix: tuple[str, ...] = ()):
-  """(path, dict) for every dict in the tree that holds a ``kernel`` leaf."""
-  if "kernel" in params and not isinstance(params["kernel"], dict):
-    yield prefix, params
-  for k, v in params.items():
-    if isinstance(v, dict):
-      yield from _kernel_owners(v, (*prefix, k))
-
-
-def _get(tree: dict, path: tuple[str, ...]) -> dict:
-  for k in path:
-    tree = tree.get(k, {})
-  return tree
-
-
-def _strip(d: dict, prefix: str) -> dict:
-  return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}

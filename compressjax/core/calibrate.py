@@ -5,20 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 
+from compressjax.core.checks import check_finite
 from compressjax.core.compress import STATS
 
 
-def calibrate(model: nn.Module, variables: dict, batches: Iterable[Any], *,
-              collections: Sequence[str] = (STATS,), **apply_kwargs: Any) -> dict:
-  """Returns ``variables`` with ``collections`` updated over ``batches`` (no gradient steps).
+def calibrate(model: Any, variables: dict | None, batches: Iterable[Any], *,
+              collections: Sequence[str] = (STATS,), **apply_kwargs: Any):
+  """Updates ``collections`` over ``batches`` (no gradient steps).
 
-  Each batch is the model's first positional argument. The default updates quantizer
-  statistics; pass eval-mode kwargs (``train=False``) so BatchNorm statistics stay as trained.
-  ``collections=("batch_stats",), train=True`` re-estimates BatchNorm statistics instead.
+  Linen: returns the new ``variables``. NNX (a compressed module; pass ``variables=None``):
+  updates the module's statistics in place and returns it. Each batch is the model's first
+  positional argument. The default updates quantizer statistics; pass eval-mode kwargs
+  (``train=False``) so BatchNorm statistics stay as trained; ``collections=("batch_stats",),
+  train=True`` re-estimates BatchNorm statistics instead (Linen).
   """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model, nnx.Module):
+    return _calibrate_nnx(model, batches, **apply_kwargs)
+  check_finite(variables.get("params", {}), "calibrate")
 
   @jax.jit
   def step(variables, x):
@@ -32,3 +39,26 @@ def calibrate(model: nn.Module, variables: dict, batches: Iterable[Any], *,
   if n == 0:
     raise ValueError("calibrate needs at least one batch of calibration data; got none")
   return variables
+
+
+def _calibrate_nnx(model, batches, **kwargs):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  check_finite(nnx.state(model, nnx.Param), "calibrate")
+  saved = model.use_running_average
+  model.use_running_average = False
+
+  @nnx.jit
+  def step(m, x):
+    m(x, **kwargs)
+
+  n = 0
+  try:
+    for x in batches:
+      step(model, x)
+      n += 1
+  finally:
+    model.use_running_average = saved
+  if n == 0:
+    raise ValueError("calibrate needs at least one batch of calibration data; got none")
+  return model

@@ -1,47 +1,45 @@
-"""``compress(model, rules)``: an unmodified Flax Linen model with transforms at its sites.
+"""``compress(model, rules)``: an unmodified Linen or NNX model with transforms at its sites.
 
-The returned module is an instance of a subclass of the model's own class, with the same fields
-and the same parameter tree, plus a ``compression`` field. Its ``__call__`` enters
-``nn.intercept_methods``; every site call (Dense, DenseGeneral, Conv, ConvTranspose, Einsum)
-whose module path matches a rule gets
+A site is an operation (see :mod:`compressjax.core.trace`); the first rule whose pattern matches
+its name runs ``rule.weight`` on the parameter operand and ``rule.act`` on the activation
+operand before the op (``rule.act`` / ``rule.rhs`` on the two operands of an activation x
+activation op). Weights are shown to the transform as ``(*contracting axes, N)``, so scales per
+channel or group follow the op, not the parameter's layout.
 
-* its input rewritten by ``rule.act`` before the layer runs, and
-* its kernel rewritten by ``rule.weight`` when the layer reads it (``self.param("kernel")``):
-  the module's ``param`` method is shadowed for the duration of that one call and restored
-  after, so the layer's own code (padding, bias, dtype promotion) runs unchanged.
+State of the transforms is nested by site name (``"block/attn/query/kernel"`` ->
+``{"block": {"attn": {"query": {"kernel": {"weight": ..., "input": ...}}}}}``):
 
-Transform state lives in the site's own scope: learnable values in ``params`` under names
-``kernel_*`` / ``input_*`` (so any optimizer trains them; :func:`param_labels` tells them
-apart), running statistics in the ``quant_stats`` collection (updated when that collection
-is mutable, as during training and calibration).
-
-In serving mode (built by :mod:`compressjax.export`) the kernel variable holds a
-:class:`~compressjax.qarray.QArray`; Dense sites then compute through the kernel
-dispatcher and other sites through the dequantized weight.
+* Linen: learnable values in ``variables["params"]["compressjax"]`` (trained by any optimizer;
+  :func:`param_labels` tells them apart), statistics in the ``quant_stats`` collection, updated
+  when that collection is mutable (training, calibration). The user's own parameter tree is
+  unchanged.
+* NNX (:mod:`compressjax.core.nnx_compress`): ``nnx.Param`` and :class:`QuantStat` variables.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-from jax import lax
+import jax.numpy as jnp
+import numpy as np
 
-from compressjax.core.matching import first_match, path_str, warn_unused
+from compressjax.core import trace as trace_lib
+from compressjax.core.matching import UnusedRuleWarning, first_match, warn_unused
 from compressjax.core.rule import Rule
-from compressjax.core.sites import is_site
-from compressjax.qarray import QArray
+from compressjax.core.tree_paths import get_path, key_name, path_str, set_path
+from compressjax.core.trace import ABSENT, Site
 
 Array = jax.Array
 
 STATS = "quant_stats"
-WEIGHT_PREFIX = "kernel_"
-INPUT_PREFIX = "input_"
+SERVED = "served"  # serving state written by export: QArrays, activation quantizer state
+SITE_PARAMS = "compressjax"  # key of the transforms' learnable values inside ``params``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,53 +48,75 @@ class Compression:
 
   Attributes:
     rules: the rules, first match wins.
-    serve: kernels are QArrays written by :func:`compressjax.export.export`.
+    serve: serving mode: sites read exported QArrays (built by :func:`compressjax.export`).
     backend: kernel dispatcher backend used when serving (None: automatic).
-    interceptors: further ``nn.intercept_methods`` interceptors entered inside the rules' one
-      (outermost first), for methods that act on layers other than sites, e.g. AdaBits'
-      switchable BatchNorm. They must be hashable (frozen dataclasses or functions).
+    interceptors: Linen ``nn.intercept_methods`` interceptors entered around the model, for
+      methods that act on layers other than sites (AdaBits' switchable BatchNorm). Hashable.
+    absent: serving: ``(param path, shape, dtype)`` of parameters that only sites read; they are
+      left out of the serving variables (their QArrays replace them).
   """
 
   rules: tuple[Rule, ...] = ()
   serve: bool = False
   backend: str | None = None
   interceptors: tuple[Callable, ...] = ()
+  absent: tuple[tuple[str, tuple[int, ...], str], ...] = ()
 
-  def rule_for(self, path: str) -> Rule | None:
-    match = first_match(self.rules, path)
+  def rule_for(self, site: Site) -> Rule | None:
+    match = first_match(self.rules, site)
     return None if match is None else match[1]
 
 
-def compress(model: nn.Module, rules: Sequence[Rule], **options: Any) -> nn.Module:
-  """Returns ``model`` with ``rules`` applied at its sites (see the module docstring).
-
-  Rules matching no site are reported (``UnusedRuleWarning``) when the model is initialised.
-  ``options`` are further :class:`Compression` fields.
-  """
-  if not isinstance(model, nn.Module):
-    raise TypeError(f"compress expects a flax.linen.Module, got {type(model).__name__}")
+def check_rules(rules: Sequence[Rule]) -> tuple[Rule, ...]:
   rules = tuple(rules)
   for i, rule in enumerate(rules):
     if not isinstance(rule, Rule):
       raise TypeError(f"rules[{i}] is {rule!r}; expected compressjax Rule(pattern=..., ...)")
+  if not rules:
+    warnings.warn("compress got an empty rule list: the model stays float", UnusedRuleWarning,
+                  stacklevel=3)
+  return rules
+
+
+def compress(model: Any, rules: Sequence[Rule], *args: Any, **kwargs: Any):
+  """Returns ``model`` with ``rules`` applied at its sites.
+
+  Linen: ``compress(model, rules)`` returns a module of a subclass of the model's class (same
+  fields, same parameter tree; ``isinstance`` holds) whose ``init`` / ``apply`` (any ``method``)
+  run the transforms. Options: ``interceptors=``.
+  NNX: ``compress(model, rules, *example_args, **example_kwargs)`` returns an ``nnx.Module``
+  whose transform state is initialised by one call on the example inputs (see
+  :func:`compressjax.core.nnx_compress.compress_nnx`).
+  Rules that match no site are reported (``UnusedRuleWarning``) at initialisation.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model, nnx.Module):
+    from compressjax.core.nnx_compress import compress_nnx  # pylint: disable=g-import-not-at-top
+
+    return compress_nnx(model, rules, *args, **kwargs)
+  if not isinstance(model, nn.Module):
+    raise TypeError(
+        f"compress expects a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
+  interceptors = tuple(kwargs.pop("interceptors", ()))
+  if args or kwargs:
+    raise TypeError("compress(linen_model, rules) takes no example inputs; pass them to init")
+  spec = Compression(check_rules(rules), interceptors=interceptors)
   base = unwrap_class(type(model))
-  fields = {
-      f.name: getattr(model, f.name)
-      for f in dataclasses.fields(model)
-      if f.init and f.name not in ("parent", "name", "compression")
-  }
-  return _compressed_class(base)(**fields, compression=Compression(rules, **options))
+  return _compressed_class(base)(**_fields(model, base), compression=spec)
 
 
-def with_compression(model: nn.Module, **changes: Any) -> nn.Module:
+def with_compression(model: Any, **changes: Any):
   """A compressed model with some :class:`Compression` fields replaced."""
   spec = getattr(model, "compression", None)
-  if spec is None:
+  if not isinstance(spec, Compression):
     raise TypeError(f"{type(model).__name__} is not a compressed model (use compress first)")
-  return model.clone(compression=dataclasses.replace(spec, **changes))
+  if isinstance(model, nn.Module):
+    return model.clone(compression=dataclasses.replace(spec, **changes))
+  return model.with_compression(dataclasses.replace(spec, **changes))
 
 
-def is_compressed(model: nn.Module) -> bool:
+def is_compressed(model: Any) -> bool:
   return isinstance(getattr(model, "compression", None), Compression)
 
 
@@ -106,30 +126,319 @@ def unwrap_class(cls: type) -> type:
 
 
 def uncompressed(model: nn.Module) -> nn.Module:
-  """The plain model behind a compressed one (same fields, no interception)."""
-  if not is_compressed(model):
+  """The plain Linen model behind a compressed one (same fields, no transforms)."""
+  if not is_compressed(model) or not isinstance(model, nn.Module):
     return model
   base = unwrap_class(type(model))
-  fields = {
-      f.name: getattr(model, f.name)
-      for f in dataclasses.fields(base)
-      if f.init and f.name not in ("parent", "name")
-  }
-  return base(**fields)
+  return base(**_fields(model, base))
+
+
+def _fields(model: nn.Module, base: type) -> dict:
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(base)
+          if f.init and f.name not in ("parent", "name", "compression")}
+
+
+# ------------------------------------------------------------------------------------------------
+# The runner shared by Linen and NNX.
+
+
+@dataclasses.dataclass
+class Run:
+  """What one compressed call did: its trace and which rules and sites it used."""
+
+  trace: trace_lib.Trace
+  state: dict[str, Any]
+
+
+def split_dynamic(tree: Any) -> tuple[list, Callable[[list], Any]]:
+  """Array leaves of ``tree`` (traced) and a function rebuilding it; other leaves stay static."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  dynamic = [_is_array(x) for x in leaves]
+  arrays = [x for x, d in zip(leaves, dynamic) if d]
+
+  def rebuild(values):
+    it = iter(values)
+    return jax.tree_util.tree_unflatten(treedef, [next(it) if d else x
+                                                  for x, d in zip(leaves, dynamic)])
+
+  return arrays, rebuild
+
+
+def _is_array(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def run(fn: Callable, args: tuple, param_paths: list, spec: Compression,
+        state_of: Callable[[trace_lib.Trace], dict], *, init: bool, update_stats: bool,
+        absent: frozenset[int] = frozenset()) -> tuple[Any, Run]:
+  """Traces ``fn(*args)``, applies ``spec``'s rules at the sites, and evaluates it.
+
+  ``param_paths`` names each flat leaf of ``args`` that is a model parameter; ``absent`` holds
+  the flat indices of parameters left out of serving variables (given as ShapeDtypeStructs);
+  ``state_of(trace)`` gives the sites' current state by name. Returns ``(fn's output, Run)``;
+  ``Run.state`` maps site names to their (new) state.
+  """
+  tr = trace_lib.trace(fn, args, param_paths)
+  state = state_of(tr)
+  if init:
+    warn_unused(spec.rules, tr.site_list)
+  if spec.serve:
+    from compressjax.export import serve_handler  # pylint: disable=g-import-not-at-top
+
+    handler = serve_handler(spec)
+  else:
+    handler = functools.partial(_fake_handler, spec, init, update_stats)
+  flat = jax.tree_util.tree_leaves(args)
+  flat = [ABSENT if i in absent else x for i, x in enumerate(flat)]
+  out, new_state = trace_lib.evaluate(tr, flat, handler, state)
+  return out, Run(tr, new_state)
+
+
+def _fake_handler(spec: Compression, init: bool, update_stats: bool, site: Site, ins, state):
+  rule = spec.rule_for(site)
+  if rule is None or rule.is_float:
+    return site.bind(*ins), None
+  transforms = rule.transforms_for(site)
+  params = {} if state is None else dict(state["params"])
+  stats = {} if state is None else dict(state["stats"])
+  outs = list(ins)
+  for index, (operand, t) in enumerate(zip(site.operands, transforms)):
+    if t is None:
+      continue
+    is_weight = index == site.weight_index
+    view, unview = weight_view(site) if is_weight else (lambda a: a, lambda a: a)
+    x = view(ins[index])
+    try:
+      if init:
+        p, s = t.init(x)
+        y = t.fake(x, p, t.update(x, p, s))
+      else:
+        p, s = params.get(operand), stats.get(operand)
+        if p is None or s is None:
+          empty_p, empty_s = jax.eval_shape(t.init, x)
+          p = _no_leaves(empty_p, site, operand) if p is None else p
+          s = _no_leaves(empty_s, site, operand) if s is None else s
+        if update_stats:
+          s = t.update(x, p, s)
+        y = t.fake(x, p, s)
+    except ValueError as e:
+      raise site_error(site, operand, x, e) from e
+    params[operand], stats[operand] = p, s
+    outs[index] = unview(y)
+  new = {"params": params, "stats": stats} if (init or update_stats) else None
+  return site.bind(*outs), new
+
+
+def _no_leaves(structure, site: Site, operand: str):
+  """The state of a transform that has none (empty containers); a missing real state is an error."""
+  if jax.tree_util.tree_leaves(structure):
+    raise ValueError(
+        f"site {site.name!r}: no state for its {operand} transform in the variables; initialise "
+        "the compressed model (init / init_from) with the same rules")
+  return structure
+
+
+def site_error(site: Site, operand: str, x: Array, e: Exception) -> ValueError:
+  """A transform's error re-raised naming the site, the operand and its shape."""
+  if str(e).startswith("site "):
+    return e
+  return ValueError(f"site {site.name!r} ({site.op} {operand} of shape {tuple(x.shape)}): {e}")
+
+
+def weight_view(site: Site):
+  """``(view, unview)``: the weight operand as ``(*contracting, N)`` and back."""
+  perm, view_shape = site.weight_layout()
+  shape = site.shapes[site.weight_index]
+  transposed = tuple(shape[a] for a in perm)
+  inverse = tuple(int(i) for i in np.argsort(perm))
+  identity = perm == tuple(range(len(perm)))
+
+  def view(w):
+    w = w if identity else jnp.transpose(w, perm)
+    return w.reshape(view_shape)
+
+  def unview(v):
+    v = v.reshape(transposed)
+    return v if identity else jnp.transpose(v, inverse)
+
+  return view, unview
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict, dict]:
+  """Flat ``{site: {"params", "stats"}}`` -> nested params tree and nested stats tree."""
+  params, stats = {}, {}
+  for name, st in state.items():
+    for tree, part in ((params, st["params"]), (stats, st["stats"])):
+      part = {k: v for k, v in part.items() if jax.tree_util.tree_leaves(v)}
+      if part:
+        set_path(tree, name, part)
+  return params, stats
+
+
+def join_state(sites: Sequence[Site], params: dict, stats: dict) -> dict[str, Any]:
+  """Inverse of :func:`split_state` for the sites of a trace."""
+  out = {}
+  for site in sites:
+    p, s = get_path(params, site.name), get_path(stats, site.name)
+    if p is not None or s is not None:
+      out[site.name] = {"params": p or {}, "stats": s or {}}
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Linen.
+
+
+def _is_mutable(mutable, collection: str) -> bool:
+  if mutable is True:
+    return True
+  if mutable is False or mutable is None:
+    return False
+  if isinstance(mutable, str):
+    return mutable == collection
+  if isinstance(mutable, nn.DenyList):
+    return collection not in (mutable.deny if not isinstance(mutable.deny, str) else [mutable.deny])
+  return collection in mutable
+
+
+def _without(mutable, collection: str):
+  if isinstance(mutable, (list, tuple)):
+    return [c for c in mutable if c != collection]
+  if mutable == collection:
+    return []
+  return mutable
+
+
+def _linen_inputs(module, variables, args, kwargs, *, rngs, method, mutable):
+  """The base model's ``apply`` as a function of arrays, and what its inputs are.
+
+  Returns ``(fn, fn_args, param_paths, absent, site_params, site_stats)``.
+  """
+  spec: Compression = module.compression
+  base = uncompressed(module)
+  variables = as_dict(variables)
+  user_params = dict(variables.get("params", {}))
+  site_params = user_params.pop(SITE_PARAMS, {})
+  site_stats = variables.get(SERVED if spec.serve else STATS, {})
+  user_vars = {k: v for k, v in variables.items() if k not in ("params", STATS, SERVED)}
+  user_vars["params"] = user_params
+  absent_paths = {p: jax.ShapeDtypeStruct(s, d) for p, s, d in spec.absent}
+  for path, sds in absent_paths.items():
+    if get_path(user_params, path) is None:
+      set_path(user_params, path, sds)
+  base_mutable = _without(mutable, STATS)
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  def fn(user_vars, rngs, dyn):
+    a, k = rebuild(dyn)
+    with _interceptors(spec.interceptors):
+      return base.apply(user_vars, *a, rngs=rngs, method=method, mutable=base_mutable, **k)
+
+  fn_args = (user_vars, rngs, dyn)
+  paths, absent = [], set()
+  for i, (kp, _) in enumerate(jax.tree_util.tree_flatten_with_path(fn_args)[0]):
+    names = [key_name(k) for k in kp]
+    is_param = len(names) >= 3 and names[0] == "0" and names[1] == "params"
+    path = "/".join(names[2:]) if is_param else None
+    paths.append(path)
+    if path in absent_paths:
+      absent.add(i)
+  return fn, fn_args, paths, frozenset(absent), site_params, site_stats
+
+
+def _linen_call(module, variables, args, kwargs, *, rngs, method, mutable, init):
+  """Runs the base model's ``apply`` under the compression; returns (apply's output, Run)."""
+  fn, fn_args, paths, absent, site_params, site_stats = _linen_inputs(
+      module, variables, args, kwargs, rngs=rngs, method=method, mutable=mutable)
+  spec = module.compression
+
+  def state_of(tr):
+    if init:
+      return {}
+    if spec.serve:
+      return {s.name: get_path(site_stats, s.name) for s in tr.site_list
+              if get_path(site_stats, s.name) is not None}
+    return join_state(tr.site_list, site_params, site_stats)
+
+  return run(fn, fn_args, paths, spec, state_of,
+             init=init, update_stats=init or _is_mutable(mutable, STATS), absent=absent)
+
+
+def trace_linen(module, variables, *args, method=None, **kwargs) -> trace_lib.Trace:
+  """The trace (sites) of a Linen model's ``apply`` (``variables`` may be abstract)."""
+  if not is_compressed(module):
+    module = _compressed_class(type(module))(**_fields(module, type(module)))
+  fn, fn_args, paths, _, _, _ = _linen_inputs(module, variables, args, kwargs, rngs={},
+                                              method=method, mutable=False)
+  return trace_lib.trace(fn, fn_args, paths)
+
+
+class _interceptors:
+  def __init__(self, interceptors):
+    self._interceptors = interceptors
+    self._stack = []
+
+  def __enter__(self):
+    import contextlib  # pylint: disable=g-import-not-at-top
+
+    self._exit = contextlib.ExitStack()
+    self._exit.enter_context(nn.intercept_methods(_scope_interceptor))
+    for interceptor in self._interceptors:
+      self._exit.enter_context(nn.intercept_methods(interceptor))
+    return self
+
+  def __exit__(self, *exc):
+    return self._exit.__exit__(*exc)
+
+
+def _scope_interceptor(next_fun, args, kwargs, context):
+  with trace_lib.scoped(path_str(context.module.path)):
+    return next_fun(*args, **kwargs)
+
+
+def as_dict(tree: Any) -> Any:
+  if hasattr(tree, "items") and not isinstance(tree, jax.Array):
+    return {k: as_dict(v) for k, v in tree.items()}
+  return tree
 
 
 @functools.cache
 def _compressed_class(base: type) -> type:
-  def __call__(self, *args, **kwargs):
-    seen: list[str] = []
-    with contextlib.ExitStack() as stack:
-      stack.enter_context(nn.intercept_methods(functools.partial(_intercept, self.compression, seen)))
-      for interceptor in self.compression.interceptors:
-        stack.enter_context(nn.intercept_methods(interceptor))
-      out = super(cls, self).__call__(*args, **kwargs)
-    if self.is_initializing() and self.compression.rules:
-      warn_unused(self.compression.rules, seen)
-    return out
+  def init_with_output(self, rngs, *args, method=None, mutable=nn.DenyList("intermediates"),
+                       capture_intermediates=False, **kwargs):
+    plain = uncompressed(self)
+    _, variables = plain.init_with_output(rngs, *args, method=method, mutable=mutable,
+                                          capture_intermediates=capture_intermediates, **kwargs)
+    rngs = rngs if isinstance(rngs, dict) else {"params": rngs}
+    variables = as_dict(variables)
+    out, result = _linen_call(self, variables, args, kwargs, rngs=rngs, method=method,
+                              mutable=True, init=True)
+    params, stats = split_state(result.state)
+    variables = dict(variables)
+    if params:
+      variables["params"] = {**variables["params"], SITE_PARAMS: params}
+    if stats:
+      variables[STATS] = stats
+    return out[0], variables
+
+  def apply(self, variables, *args, rngs=None, method=None, mutable=False,
+            capture_intermediates=False, **kwargs):
+    if capture_intermediates:
+      raise NotImplementedError("capture_intermediates: use compressjax.distill taps instead")
+    out, result = _linen_call(self, variables, args, kwargs, rngs=rngs, method=method,
+                              mutable=mutable, init=False)
+    if mutable is False:
+      return out
+    y, updates = out
+    updates = dict(as_dict(updates))
+    if _is_mutable(mutable, STATS):
+      _, stats = split_state(result.state)
+      if stats:
+        updates[STATS] = stats
+    return y, updates
+
+  def lazy_init(self, *args, **kwargs):
+    raise NotImplementedError("lazy_init of a compressed model: use init")
 
   cls = type(
       f"Compressed{base.__name__}",
@@ -137,131 +446,14 @@ def _compressed_class(base: type) -> type:
       {
           "__annotations__": {"compression": Compression},
           "compression": Compression(),
-          "__call__": __call__,
+          "init_with_output": nn.nowrap(init_with_output),
+          "apply": nn.nowrap(apply),
+          "lazy_init": nn.nowrap(lazy_init),
           "__module__": base.__module__,
           "_compressjax_base": base,
       },
   )
   return cls
-
-
-def _intercept(spec: Compression, seen: list[str], next_fun, args, kwargs, context):
-  module = context.module
-  if not is_site(module, context.method_name):
-    return next_fun(*args, **kwargs)
-  path = path_str(module.path)
-  if path not in seen:
-    seen.append(path)
-  rule = spec.rule_for(path)
-  if rule is None or rule.is_float:
-    return next_fun(*args, **kwargs)
-  if rule.act is not None:
-    x = apply_transform(module, INPUT_PREFIX, rule.act, args[0])
-    args = (x, *args[1:])
-  if rule.weight is None:
-    return next_fun(*args, **kwargs)
-  return _call_with_kernel(module, spec, rule.weight, next_fun, args, kwargs)
-
-
-def apply_transform(module: nn.Module, prefix: str, transform: Any, x: Array) -> Array:
-  """Runs ``transform`` on ``x`` with state kept in ``module``'s scope under ``prefix``.
-
-  A ValueError from the transform (bad bits, group size, missing calibration) is re-raised
-  naming the site and the operand, so the user knows which layer to fix.
-  """
-  try:
-    params, stats_vars = site_state(module, prefix, transform, x)
-    stats = {k: v.value for k, v in stats_vars.items()}
-    if module.is_initializing():
-      # The init forward pass sees stats as if calibrated on the init batch; the stored
-      # stats stay fresh, so static quantizers still demand real calibration.
-      return transform.fake(x, params, transform.update(x, params, stats))
-    if module.is_mutable_collection(STATS):
-      stats = transform.update(x, params, stats)
-      for k, v in stats.items():
-        stats_vars[k].value = v
-    return transform.fake(x, params, stats)
-  except ValueError as e:
-    if str(e).startswith("site "):
-      raise
-    operand = "kernel" if prefix == WEIGHT_PREFIX else "input"
-    raise ValueError(
-        f"site {path_str(module.path)!r} ({type(module).__name__} {operand} of shape "
-        f"{tuple(x.shape)}): {e}"
-    ) from e
-
-
-def site_state(module: nn.Module, prefix: str, transform: Any, x: Array):
-  """Creates (at init) or reads the transform's params and stats variables in ``module``."""
-  initial = functools.cache(lambda: transform.init(x))
-  shapes = jax.eval_shape(transform.init, x)
-  params = {
-      name: nn.Module.param(module, prefix + name, lambda _, n=name: initial()[0][n])
-      for name in shapes[0]
-  }
-  stats = {
-      name: module.variable(STATS, prefix + name, lambda n=name: initial()[1][n])
-      for name in shapes[1]
-  }
-  return params, stats
-
-
-def _call_with_kernel(module, spec, transform, next_fun, args, kwargs):
-  """Calls the layer with its ``param("kernel")`` rewritten (and restored afterwards)."""
-  read_param = module.param
-  shadow: dict[str, Any] = {}
-  if spec.serve:
-    stored = module.get_variable("params", "kernel")
-    if not isinstance(stored, QArray):
-      raise ValueError(
-          f"site {path_str(module.path)!r}: serving expects an exported QArray kernel, found "
-          f"{type(stored).__name__}; build serving variables with compressjax.export"
-      )
-    kernel = stored.dequantize(module.param_dtype)
-    shadow["param"] = lambda name, *a, **k: kernel if name == "kernel" else read_param(name, *a, **k)
-    if isinstance(module, nn.Dense) and module.dot_general_cls is None:
-      shadow["dot_general"] = _dispatch_dot_general(stored, spec.backend)
-  else:
-
-    def param(name: str, *init_args, **init_kwargs):
-      value = read_param(name, *init_args, **init_kwargs)
-      return apply_transform(module, WEIGHT_PREFIX, transform, value) if name == "kernel" else value
-
-    shadow["param"] = param
-  with shadowed(module, shadow):
-    return next_fun(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def shadowed(module: nn.Module, attrs: dict[str, Any]):
-  """Sets instance attributes of a (frozen) module for one call, then restores them."""
-  missing = object()
-  saved = {k: module.__dict__.get(k, missing) for k in attrs}
-  for k, v in attrs.items():
-    object.__setattr__(module, k, v)
-  try:
-    yield
-  finally:
-    for k, v in saved.items():
-      if v is missing:
-        object.__delattr__(module, k)
-      else:
-        object.__setattr__(module, k, v)
-
-
-def _dispatch_dot_general(q: QArray, backend: str | None):
-  """A ``dot_general`` for Dense that multiplies by the QArray through the kernel dispatcher."""
-
-  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    if tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,) and not lhs_batch:
-      from compressjax.kernels import dispatch  # pylint: disable=g-import-not-at-top
-
-      out = dispatch.matmul(lhs, q, backend=backend)
-      return out.astype(preferred_element_type or out.dtype)
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
-
-  return dot_general
 
 
 def param_labels(params: Any, quantizer_label: str = "quantizer", other_label: str = "model"):
@@ -272,24 +464,36 @@ def param_labels(params: Any, quantizer_label: str = "quantizer", other_label: s
   """
 
   def label(path, _):
-    name = str(getattr(path[-1], "key", path[-1]))
-    is_transform = name.startswith(WEIGHT_PREFIX) or name.startswith(INPUT_PREFIX)
-    return quantizer_label if is_transform else other_label
+    return quantizer_label if key_name(path[0]) == SITE_PARAMS else other_label
 
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def init_from(
-    model: nn.Module, variables: dict, *args: Any, rng: Array | None = None, **kwargs: Any
-) -> dict:
-  """Variables of a compressed ``model`` that start from a float model's ``variables``.
+def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
+              **kwargs: Any) -> dict:
+  """Variables of a compressed Linen ``model`` that start from a float model's ``variables``.
 
   Runs one forward pass (use eval-mode kwargs, e.g. ``train=False``) on ``args`` with the float
   values in place, so transform state is initialised from the real weights and activations
-  (LSQ step sizes, calibration ranges), then returns all collections.
+  (LSQ step sizes, calibration ranges). Returns all collections.
   """
+  from compressjax.core.checks import check_finite  # pylint: disable=g-import-not-at-top
+
+  check_finite(variables.get("params", {}), "init_from: float variables")
   rng = jax.random.key(0) if rng is None else rng
-  # Jitted (kwargs closed over as static flags): the eager pass costs seconds of op dispatch.
-  apply = jax.jit(lambda v, r, *a: model.apply(v, *a, rngs={"params": r}, mutable=True, **kwargs))
-  _, new = apply(variables, rng, *args)
-  return dict(new)
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  @jax.jit
+  def build(variables, rng, dyn):
+    a, k = rebuild(dyn)
+    out, result = _linen_call(model, as_dict(variables), a, k, rngs={"params": rng},
+                              method=None, mutable=True, init=True)
+    del out
+    return split_state(result.state)
+
+  params, stats = build(variables, rng, dyn)
+  new = dict(as_dict(variables))
+  new["params"] = {**new["params"], SITE_PARAMS: params}
+  if stats:
+    new[STATS] = stats
+  return new

@@ -1,17 +1,25 @@
-"""Match module paths against regex rules: first match wins, unused rules are reported.
+"""Match names against regex rules: first match wins, unused rules are reported.
 
-Used by everything that selects layers (quantization rules, pruning, reports), so that a pattern
-means the same thing everywhere. A path is the '/'-joined module path of a site, e.g.
-``"stage1/block0/conv1"``; patterns are Python regexes applied with ``re.search``, so ``"conv"``
-matches any path containing ``conv`` and ``"^head$"`` pins one exactly.
+Everything that selects sites or parameters (quantization rules, pruning, distillation, reports)
+uses this module, so a pattern means the same thing everywhere: it is searched (``re.search``)
+in a name such as ``"stage1/block0/conv1/kernel"`` *and* in its module path
+``"stage1/block0/conv1"``, and matches if either contains it. So ``"conv"`` matches every site
+of a module whose path contains ``conv``, ``"^head$"`` pins the module ``head``, and
+``"kernel$"`` selects parameters by name.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from compressjax.core.tree_paths import path_str
+
+__all__ = ["UnusedRuleWarning", "compile_pattern", "first_match", "matches", "path_str",
+           "unused_rules", "warn_unused"]
 
 
 class HasPattern(Protocol):
@@ -25,56 +33,57 @@ class UnusedRuleWarning(UserWarning):
   """A rule's pattern matched no site of the model (usually a typo in the regex)."""
 
 
-def path_str(path: Iterable[str]) -> str:
-  """Joins a module or parameter path (tuple of names) with '/'."""
-  return "/".join(str(p) for p in path)
-
-
+@functools.lru_cache(maxsize=4096)
 def compile_pattern(pattern: str) -> re.Pattern[str]:
   """Compiles a rule pattern, naming the pattern when it is not a valid regex."""
+  if not isinstance(pattern, str):
+    raise TypeError(f"rule pattern {pattern!r} must be a string (a regular expression)")
   try:
     return re.compile(pattern)
   except re.error as e:
     raise ValueError(f"rule pattern {pattern!r} is not a valid regular expression: {e}") from e
 
 
-def first_match(rules: Sequence[R], path: str) -> tuple[int, R] | None:
-  """Returns (index, rule) of the first rule whose pattern is found in ``path``, else None."""
+def _name(target: Any) -> str:
+  return target if isinstance(target, str) else target.name
+
+
+def matches(pattern: str, name: str) -> bool:
+  """Whether ``pattern`` is found in ``name`` or in its module path (``name`` minus its last part)."""
+  p = compile_pattern(pattern)
+  return bool(p.search(name) or p.search(name.rpartition("/")[0]))
+
+
+def first_match(rules: Sequence[R], target: Any) -> tuple[int, R] | None:
+  """(index, rule) of the first rule matching ``target`` (a name, or a site), else None.
+
+  For a site, a rule must also apply to its kind (``rule.applies_to(site)``).
+  """
+  name = _name(target)
   for i, rule in enumerate(rules):
-    if compile_pattern(rule.pattern).search(path):
+    if not isinstance(target, str) and hasattr(rule, "applies_to") and not rule.applies_to(target):
+      continue
+    if matches(rule.pattern, name):
       return i, rule
   return None
 
 
-def assign(rules: Sequence[R], paths: Iterable[str]) -> dict[str, R]:
-  """Maps every path matched by some rule to its first matching rule."""
-  out = {}
-  for path in paths:
-    match = first_match(rules, path)
-    if match is not None:
-      out[path] = match[1]
-  return out
-
-
-def unused_rules(rules: Sequence[R], paths: Iterable[str]) -> list[R]:
-  """Rules that are the first match of no path (shadowed or matching nothing)."""
+def unused_rules(rules: Sequence[R], targets: Iterable[Any]) -> list[R]:
+  """Rules that are the first match of no target (shadowed or matching nothing)."""
   used = set()
-  for path in paths:
-    match = first_match(rules, path)
+  for target in targets:
+    match = first_match(rules, target)
     if match is not None:
       used.add(match[0])
   return [r for i, r in enumerate(rules) if i not in used]
 
 
-def warn_unused(rules: Sequence[R], paths: Iterable[str], what: str = "rule") -> list[R]:
+def warn_unused(rules: Sequence[R], targets: Iterable[Any], what: str = "rule") -> list[R]:
   """Warns (UnusedRuleWarning) about every rule that selected nothing; returns them."""
-  paths = list(paths)
-  unused = unused_rules(rules, paths)
+  targets = list(targets)
+  unused = unused_rules(rules, targets)
+  names = ", ".join(_name(t) for t in targets) if targets else "(none)"
   for r in unused:
-    warnings.warn(
-        f"{what} with pattern {r.pattern!r} matched no site; sites are: "
-        f"{', '.join(paths) if paths else '(none)'}",
-        UnusedRuleWarning,
-        stacklevel=3,
-    )
+    warnings.warn(f"{what} with pattern {r.pattern!r} matched no site; sites are: {names}",
+                  UnusedRuleWarning, stacklevel=3)
   return unused

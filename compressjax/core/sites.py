@@ -1,62 +1,38 @@
-"""Sites: the weight-bearing layer calls of a model, found by tracing it abstractly."""
+"""``discover``: the sites of a model, in call order, without running it (abstract tracing).
+
+What is a site: every ``dot_general`` or ``conv_general_dilated`` (``jnp.dot`` / ``matmul`` /
+``einsum``, ``lax.conv*``, and every Flax layer built on them) one of whose operands is a
+parameter, or a reshape / transpose / cast / slice of one, in any module and method, inside
+``jit`` / ``scan`` / ``remat`` / ``vmap`` (a vmapped parameter becomes a batch axis of the op).
+Ops between two activations are sites too (``module/dot_general#i``). Not sites: a parameter
+that reaches an op through arithmetic (``w * mask``, ``w + a @ b``), gathers (``Embed`` lookup),
+ops between two parameters, and ops inside ``while_loop`` / ``cond``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 
-from compressjax.core.matching import path_str
+from compressjax.core.trace import Site
 
-SITE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dense,
-    nn.DenseGeneral,
-    nn.Conv,
-    nn.ConvTranspose,
-    nn.Einsum,
-)
+__all__ = ["Site", "discover"]
 
 
-def is_site(module: nn.Module, method_name: str) -> bool:
-  return method_name == "__call__" and isinstance(module, SITE_TYPES)
+def discover(model: Any, *args: Any, method: str | None = None, **kwargs: Any) -> list[Site]:
+  """Sites of a Linen or NNX ``model`` called on ``args`` (arrays or ShapeDtypeStructs).
 
+  Keyword arguments that are not arrays (``train=False``) stay static Python values.
+  """
+  from compressjax.core.compress import trace_linen, uncompressed  # pylint: disable=g-import-not-at-top
 
-@dataclasses.dataclass(frozen=True)
-class Site:
-  """One layer call: its module path, layer type, input and kernel shapes."""
+  if isinstance(model, nn.Module):
+    plain = uncompressed(model)
+    variables = jax.eval_shape(lambda: plain.init(jax.random.key(0), *args, method=method,
+                                                  **kwargs))
+    return trace_linen(plain, variables, *args, method=method, **kwargs).site_list
+  from compressjax.core.nnx_compress import trace_nnx  # pylint: disable=g-import-not-at-top
 
-  path: str
-  kind: str
-  input_shape: tuple[int, ...]
-  kernel_shape: tuple[int, ...] | None
-
-
-def discover(model: nn.Module, *args: Any, method: str | None = None, **kwargs: Any) -> list[Site]:
-  """Sites of ``model`` in call order, by abstract evaluation of ``init`` (no FLOPs spent)."""
-  found: dict[str, Site] = {}
-
-  def record(next_fun, call_args, call_kwargs, context):
-    module = context.module
-    out = next_fun(*call_args, **call_kwargs)
-    if is_site(module, context.method_name):
-      path = path_str(module.path)
-      kernel = module.variables.get("params", {}).get("kernel")
-      found.setdefault(
-          path,
-          Site(
-              path=path,
-              kind=type(module).__name__,
-              input_shape=tuple(call_args[0].shape),
-              kernel_shape=None if kernel is None else tuple(kernel.shape),
-          ),
-      )
-    return out
-
-  def init(*a, **k):
-    with nn.intercept_methods(record):
-      return model.init(jax.random.key(0), *a, method=method, **k)
-
-  jax.eval_shape(init, *args, **kwargs)
-  return list(found.values())
+  return trace_nnx(model, args, kwargs, method=method or "__call__").site_list

@@ -11,7 +11,7 @@ differentiable fake-quantization used in training; ``export`` writes the same nu
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -19,6 +19,20 @@ from compressjax.qarray import QArray
 
 Array = jax.Array
 State = dict[str, Array]
+
+
+class Codes(NamedTuple):
+  """The integer form of a quantized tensor: ``fake == (codes - zero_point) * scale``.
+
+  ``codes`` are integer-valued floats (straight-through gradients) in ``[lo, hi]``; ``scale``
+  and ``zero_point`` broadcast onto them. Integer serving paths run on this form.
+  """
+
+  codes: Array
+  scale: Array
+  zero_point: Array | float
+  lo: int
+  hi: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,6 +68,10 @@ class Quantizer:
   def fake(self, x: Array, params: State, stats: State) -> Array:
     """Fake-quantized ``x``, differentiable through straight-through estimators."""
     raise NotImplementedError
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    """The integer form of ``fake(x, ...)`` (see :class:`Codes`), for integer serving."""
+    raise NotImplementedError(f"{type(self).__name__} has no integer form")
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     """``x`` as integer codes with scales; ``dequantize()`` equals ``fake(x, ...)``."""

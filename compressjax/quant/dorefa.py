@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from compressjax.quant._checks import check_granularity, check_kind
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste, sign_ste
@@ -62,6 +62,12 @@ class DoReFa(Quantizer):
     del params, stats
     centered, scale, _ = self._centered_codes(x)
     return self.granularity.unview(centered * scale, x.shape).astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    del params, stats
+    centered, scale, zero = self._centered_codes(x)
+    codes = self.granularity.unview(centered + zero, x.shape)
+    return Codes(codes, scale, zero, 0, 2**self.bits - 1)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     del params, stats

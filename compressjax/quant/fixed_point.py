@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from compressjax.quant import _calibration
 from compressjax.quant._checks import check_granularity, check_kind, resolve_signed
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste
@@ -91,6 +91,14 @@ class FixedPoint(Quantizer):
     if self.kind == "activation":
       y = _calibration.guard_calibrated(y, stats, type(self).__name__)
     return y.astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    del params
+    if self.kind == "activation":
+      _calibration.require_calibrated(stats, type(self).__name__)
+    codes, scale = self._codes(x, stats)
+    hi = 2 ** (self.bits - 1) - 1 if self.is_signed else 2**self.bits - 1
+    return Codes(codes, scale, 0.0, -hi if self.is_signed else 0, hi)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     del params

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from compressjax.quant._checks import check_granularity, check_kind, resolve_signed
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, grad_scale, round_ste
@@ -80,6 +80,11 @@ class LSQ(Quantizer):
     del stats
     codes, step, zero = self._codes(x, params)
     return self.granularity.unview((codes - zero) * step, x.shape).astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    del stats
+    codes, step, zero = self._codes(x, params)
+    return Codes(codes, step, zero if "offset" in params else 0.0, -self.q_n, self.q_p)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     del stats

@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste
 
@@ -53,6 +53,11 @@ class PACT(Quantizer):
     del stats
     codes, scale = self._codes(x, params)
     return (codes * scale).astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    del stats
+    codes, scale = self._codes(x, params)
+    return Codes(codes, scale, 0.0, 0, 2**self.bits - 1)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     del stats

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from compressjax.quant._checks import check_granularity, check_kind
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.dorefa import tanh_to_unit
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.quant.pact import ALPHA_INIT_DENSE, PACT
@@ -83,6 +83,13 @@ class SAT(Quantizer):
       return self._pact.fake(x, params, stats)
     centered, scale, _ = self._centered_codes(x)
     return self.granularity.unview(centered * scale, x.shape).astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    if self.kind == "activation":
+      return self._pact.quantize(x, params, stats)
+    centered, scale, zero = self._centered_codes(x)
+    codes = self.granularity.unview(centered + zero, x.shape)
+    return Codes(codes, scale, zero, 0, 2**self.bits - 1)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     if self.kind == "activation":

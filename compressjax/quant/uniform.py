@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from compressjax.quant import _calibration
 from compressjax.quant._checks import check_granularity
-from compressjax.quant.base import Quantizer, State
+from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray, code_range
 from compressjax.quant.ste import clip, round_ste
@@ -104,6 +104,20 @@ class Uniform(Quantizer):
     if not self.dynamic:
       y = _calibration.guard_calibrated(y, stats, type(self).__name__)
     return self.granularity.unview(y, x.shape).astype(x.dtype)
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    del params
+    if not self.dynamic:
+      _calibration.require_calibrated(stats, type(self).__name__)
+    centered, scale, zero = self._centered_codes(x, stats)
+    lo, hi = self._code_bounds()
+    return Codes(self.granularity.unview(centered + zero, x.shape), scale, zero, lo, hi)
+
+  def _code_bounds(self) -> tuple[int, int]:
+    if self.symmetric:
+      qhi = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+      return (-qhi if self.signed else 0), qhi
+    return code_range(self.bits, self.signed)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     del params

@@ -1,0 +1,195 @@
+"""``compress`` for Flax NNX: the user's ``nnx.Module`` with transforms at its sites.
+
+``compress(model, rules, *example_args)`` traces one call on the example inputs, creates the
+transforms' state there (learnable values as ``nnx.Param``, so ``nnx.Optimizer(..., wrt=
+nnx.Param)`` trains them with the model; statistics as :class:`QuantStat`), and returns a
+:class:`CompressedModule` holding the user's module (shared, not copied) and that state. Calling
+it (``__call__`` or any method of the model) runs the model as a pure function of its state
+(``nnx.split`` / ``merge``) through the same site machinery as Linen, then writes the model's
+mutated state (BatchNorm statistics, RNG counters) back. Statistics are updated unless
+``use_running_average`` is True, which ``model.eval()`` sets, as for ``nnx.BatchNorm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+from flax import nnx
+
+from compressjax.core import trace as trace_lib
+from compressjax.core.compress import (Compression, check_rules, join_state, run, split_dynamic,
+                                       split_state)
+from compressjax.core.tree_paths import get_path, key_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """The call a compressed NNX module was traced with (shapes only): export re-traces it."""
+
+  method: str
+  args: tuple
+  kwargs: dict
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, tree)
+
+
+class QuantStat(nnx.Variable):
+  """Statistics of a transform (calibrated ranges, EMAs, counts): updated, never trained."""
+
+
+class Served(nnx.Variable):
+  """Serving state of a site (QArrays, activation scales) written by export."""
+
+
+def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> CompressedModule:
+  """See the module docstring; ``method=`` names the model method the example inputs call."""
+  method = kwargs.pop("method", "__call__")
+  spec = Compression(check_rules(rules))
+  state, _ = _call(model, spec, {}, method, args, kwargs, init=True, update_stats=True)
+  params, stats = split_state(state)
+  return CompressedModule(model, spec, params, stats,
+                          example=Example(method, _abstract(args), _abstract(kwargs)))
+
+
+class CompressedModule(nnx.Module):
+  """An NNX model with transforms at its sites (see the module docstring)."""
+
+  def __init__(self, model: nnx.Module, spec: Compression, params: dict, stats: dict,
+               served: dict | None = None, example: Example | None = None):
+    self.model = model
+    self.compression = spec
+    self.example = example
+    self.use_running_average = False
+    self.site_params = nnx.data(_wrap(params, nnx.Param))
+    self.site_stats = nnx.data(_wrap(stats, QuantStat))
+    self.served = nnx.data(_wrap(served or {}, Served))
+
+  def __call__(self, *args, **kwargs):
+    return self.call("__call__", *args, **kwargs)
+
+  def call(self, method: str, *args, **kwargs):
+    """Runs ``method`` of the model under the compression."""
+    state = {"params": _unwrap(self.site_params), "stats": _unwrap(self.site_stats),
+             "served": _unwrap(self.served)}
+    update = not self.use_running_average and not self.compression.serve
+    new, out = _call(self.model, self.compression, state, method, args, kwargs, init=False,
+                     update_stats=update)
+    if update:
+      _, stats = split_state(new)
+      _assign(self.site_stats, stats)
+    return out
+
+  def __getattr__(self, name: str):
+    # Only reached for names the wrapper lacks: forward the model's methods under compression.
+    if name.startswith("_") or name in ("model", "compression"):
+      raise AttributeError(name)
+    model = self.__dict__.get("model")
+    if model is not None and callable(getattr(type(model), name, None)):
+      return functools.partial(self.call, name)
+    raise AttributeError(f"{type(self).__name__} (over {type(model).__name__}) has no {name!r}")
+
+  def with_compression(self, spec: Compression) -> CompressedModule:
+    out = CompressedModule(self.model, spec, _unwrap(self.site_params),
+                           _unwrap(self.site_stats), _unwrap(self.served), self.example)
+    out.use_running_average = self.use_running_average
+    return out
+
+
+def trace_nnx(model: nnx.Module, args, kwargs, *, method: str = "__call__") -> trace_lib.Trace:
+  """The trace (sites) of one call of an NNX model."""
+  model = model.model if isinstance(model, CompressedModule) else model
+  fn, fn_args, paths, _ = _inputs(model, Compression(), method, args, kwargs)
+  return trace_lib.trace(fn, fn_args, paths)
+
+
+def _inputs(model, spec: Compression, method, args, kwargs):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  absent = {p: jax.ShapeDtypeStruct(s, d) for p, s, d in spec.absent}
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  def fn(params, rest, dyn):
+    m = nnx.merge(graphdef, params, rest)
+    _scope_modules(m)
+    a, k = rebuild(dyn)
+    out = getattr(m, method)(*a, **k)
+    return out, nnx.state(m, nnx.Not(nnx.Param))
+
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths, absent_idx, values = [], set(), []
+  for i, (kp, leaf) in enumerate(leaves):
+    names = [key_name(k) for k in kp]
+    names = names[:-1] if names and names[-1] == "value" else names
+    path = "/".join(names)
+    paths.append(path)
+    if path in absent:
+      absent_idx.add(i)
+      leaf = absent[path]
+    values.append(leaf)
+  params = jax.tree_util.tree_unflatten(treedef, values)
+  rest_leaves = len(jax.tree_util.tree_leaves((rest, dyn)))
+  return fn, (params, rest, dyn), paths + [None] * rest_leaves, frozenset(absent_idx)
+
+
+def _call(model, spec: Compression, state: dict, method: str, args, kwargs, *, init: bool,
+          update_stats: bool):
+  fn, fn_args, paths, absent = _inputs(model, spec, method, args, kwargs)
+  served = state.get("served") or {}
+
+  def state_of(tr):
+    if init:
+      return {}
+    if spec.serve:
+      return {s.name: get_path(served, s.name) for s in tr.site_list
+              if get_path(served, s.name) is not None}
+    return join_state(tr.site_list, state["params"], state["stats"])
+
+  (out, rest), result = run(fn, fn_args, paths, spec, state_of, init=init,
+                            update_stats=update_stats, absent=absent)
+  nnx.update(model, rest)
+  return result.state, out
+
+
+@functools.cache
+def _scoped_class(cls: type) -> type:
+  call = cls.__call__
+
+  def __call__(self, *args, **kwargs):
+    with trace_lib.scoped(self.__dict__.get("_compressjax_path", "")):
+      return call(self, *args, **kwargs)
+
+  return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                     "__qualname__": cls.__qualname__})
+
+
+def _scope_modules(m: nnx.Module) -> None:
+  """Gives every submodule of a merged (throw-away) copy a named scope of its path."""
+  for path, sub in m.iter_modules():
+    cls = type(sub)
+    if path and "__call__" in dir(cls) and cls.__call__ is not object.__call__:
+      object.__setattr__(sub, "_compressjax_path", "/".join(str(p) for p in path))
+      if not getattr(cls, "_compressjax_scoped", False):
+        scoped = _scoped_class(cls)
+        scoped._compressjax_scoped = True
+        sub.__class__ = scoped
+
+
+def _wrap(tree: dict, kind: type) -> dict:
+  return jax.tree_util.tree_map(kind, tree)
+
+
+def _unwrap(tree: dict) -> dict:
+  return jax.tree_util.tree_map(lambda v: v.value, tree,
+                                is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _assign(variables: dict, values: dict) -> None:
+  """Writes ``values`` into the matching Variables of ``variables`` (same nesting)."""
+  for key, value in values.items():
+    jax.tree_util.tree_map(lambda var, x: setattr(var, "value", x), variables[key], value,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
