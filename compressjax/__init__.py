@@ -1,17 +1,26 @@
 """compressjax: make JAX/Flax models smaller and faster.
 
-The top level re-exports the everyday API; the subpackages hold the rest: ``core`` (rules,
-compress, chain, calibrate), ``quant`` (quantizers, QArray, recipes), ``prune``, ``distill``,
-``kernels``, ``models``, ``cost``, ``data`` and ``train`` (imported on demand: they pull in
-tensorflow-datasets and orbax).
+The top level re-exports the everyday API (rules, ``compress``, ``export``, ``QArray``, the
+quantizers under ``quant``). Every other subpackage is an attribute imported on first use
+(PEP 562), so ``import compressjax`` stays light: ``cj.prune``, ``cj.distill``, ``cj.mixed``,
+``cj.cost``, ``cj.kernels``, ``cj.models``, ``cj.train`` (orbax), ``cj.data``
+(tensorflow-datasets). Layers, lowest first (``tests/test_layering.py`` checks them): qarray and
+kernels, core, methods (quant, prune, distill, mixed, cost), export, train, applications
+(data, models, config, cli, pipeline).
 """
 
-from compressjax import core, kernels, quant
+import importlib
+from typing import Any
+
+from compressjax import core, quant
 from compressjax.core import Rule, calibrate, chain, compress, discover, init_from, param_labels
 from compressjax.export import export, size_report
-from compressjax.quant import QArray
+from compressjax.qarray import QArray
 
 __version__ = "0.1.0"
+
+_LAZY = ("config", "cost", "data", "distill", "kernels", "mixed", "models", "pipeline", "prune",
+         "train")
 
 __all__ = [
     "QArray",
@@ -23,8 +32,18 @@ __all__ = [
     "discover",
     "export",
     "init_from",
-    "kernels",
     "param_labels",
     "quant",
     "size_report",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    return importlib.import_module(f"compressjax.{name}")
+  raise AttributeError(f"module 'compressjax' has no attribute {name!r}; it has {sorted(__all__)}")
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_LAZY})

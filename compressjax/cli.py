@@ -1,8 +1,8 @@
 """The ``compressjax`` command: ``train``, ``eval`` and ``demo``.
 
-Bad input (unknown dataset/model/config key, missing offline data, a checkpoint of another
-model) ends with one ``compressjax: error: ...`` line and exit status 2; ``--debug`` shows the
-traceback instead.
+Bad input (unknown dataset/model/config key, missing offline data, a download without
+network, a checkpoint of another model) ends with one ``compressjax: error: ...`` line and
+exit status 2; ``--debug`` shows the traceback instead.
 """
 
 import argparse
@@ -15,7 +15,7 @@ from typing import Any
 
 from compressjax.config import get_config
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError)
 
 
 def run_demo(workdir: str = "runs/demo", *, overrides: Sequence[str] = (),

@@ -12,9 +12,12 @@
    teacher. It starts from the teacher's weights: QAT and gradual pruning of a trained model
    converge in a few epochs, and equal shapes let ``init_from`` carry every weight over (a
    narrower student would train from scratch, as long again as the teacher).
-4. **serve**: export to packed integer ``QArray``s, run the serving model (its Dense layers
-   multiply through the kernel dispatcher) and check its predictions equal the fake-quant ones.
-5. **report**: accuracy, bits and sparsity per layer, bytes, MACs/BitOPs, written as
+4. **serve**: export to packed integer ``QArray``s, run the serving model and check its
+   predictions equal the fake-quant ones; each site's serving path
+   (:func:`compressjax.export.serving_paths`: int8 dot / int8 conv / kernel / xla dequant /
+   float) is reported, and the kernel dispatcher's choice for its dot sites.
+5. **report**: accuracy, bits, serving path and sparsity per site (``module/param``, e.g.
+   ``conv1/kernel``), bytes, MACs/BitOPs, written as
    ``summary.json``, ``summary.md`` and ``summary.png`` in ``workdir``.
 
 Baselines and student go through the same function (``_fit_compressed``) and the same serving
@@ -42,13 +45,14 @@ import jax
 import numpy as np
 import optax
 
-from compressjax import cost, kernels, prune
+from compressjax import kernels, prune
 from compressjax._story_report import markdown, plot
 from compressjax.config import Config, get_config
 from compressjax.core import Compression, KeepZeros, compress, discover, keep_zeros
 from compressjax.data import get_augment, steps_per_epoch
 from compressjax.distill.objective import hinton_objective
-from compressjax.export import export, size_report
+from compressjax.core.tree_paths import get_path
+from compressjax.export import export, serving_paths, size_report
 from compressjax.qarray import QArray
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train import (Setup, fit, make_eval_step, make_optimizer, make_train_step,
@@ -101,6 +105,61 @@ class Story:
                        "allowed: >= 1")
 
 
+FLOAT_BITS = 32  # a float operand counts 32 bits in BitOPs
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteCost:
+  """Per-example MACs and weight count of one weight site (from the traced op's shapes)."""
+
+  name: str  # "conv1/kernel"
+  module: str
+  op: str
+  param: str
+  macs: int
+  params: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """MACs/params of the weight sites of a model, BitOPs from per-site bits."""
+
+  sites: tuple[SiteCost, ...]
+  total_params: int
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(s.name for s in self.sites)
+
+  @property
+  def macs(self) -> int:
+    return sum(s.macs for s in self.sites)
+
+  def bitops_per_site(self, w_bits: dict, a_bits: dict) -> dict[str, int]:
+    bits = lambda b: FLOAT_BITS if b is None else b
+    return {s.name: s.macs * bits(w_bits.get(s.name)) * bits(a_bits.get(s.name))
+            for s in self.sites}
+
+  def bitops(self, w_bits: dict | None, a_bits: dict | None) -> int:
+    return sum(self.bitops_per_site(w_bits or {}, a_bits or {}).values())
+
+
+def profile_sites(sites: Sequence[Any], params: Any) -> Profile:
+  """The :class:`Profile` of ``sites`` (discovered on ONE example) and a params tree."""
+  rows = []
+  for site in sites:
+    if not site.has_weight:
+      continue
+    lhs, rhs = (jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(site.shapes, site.dtypes))
+    out = jax.eval_shape(site.bind, lhs, rhs).shape
+    w = site.weight_index
+    contract = math.prod(site.shapes[w][a] for a in site.contracting(w))
+    rows.append(SiteCost(site.name, site.module, site.op, site.param,
+                         int(math.prod(out) * contract), int(math.prod(site.shapes[w]))))
+  total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+  return Profile(tuple(rows), total)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Teacher:
   """The trained float model with what every compressed model starts from."""
@@ -109,8 +168,8 @@ class _Teacher:
   variables: dict
   accuracy: float  # on the test split, measured like every compressed model's
   examples: np.ndarray  # training images that initialise the quantizers
-  sites: list
-  profile: cost.Profile
+  sites: list  # discovered on the examples
+  profile: Profile  # per example
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -207,11 +266,13 @@ def student_rules(story: Story, sites: Sequence[Any]) -> list:
 
 def _load_teacher(cfg: Config, float_dir: str) -> _Teacher:
   s = setup(cfg, abstract=True)
-  variables = restore_variables(float_dir)
+  variables = restore_variables(float_dir, s.state.variables)
   images, labels = _test_split(s)
   examples = init_examples(s.dataset.train)
+  sites = discover(s.model, examples, train=False)
+  profile = profile_sites(discover(s.model, examples[:1], train=False), variables["params"])
   return _Teacher(s, variables, _accuracy(_logits(s.model, variables, images), labels), examples,
-                  discover(s.model, examples), cost.profile(s.model, examples[:1], train=False))
+                  sites, profile)
 
 
 def _fit_compressed(teacher: _Teacher, cfg: Config, name: str, rules: Sequence[Any],
@@ -262,16 +323,18 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
   """Exports ``m``, serves it on the test split and compares with its fake-quant outputs."""
-  serving_model, serving_vars = export(m.model, m.variables)
   images, labels = _test_split(teacher.setup)
+  serving_model, serving_vars = export(m.model, m.variables, images[:1], train=False)
   fake = _logits(m.model, m.variables, images)
   served = _logits(serving_model, serving_vars, images)
-  dense = {site.path: kernels.choose_backend(len(images), kernel)
-           for site in teacher.profile.sites if site.kind == "Dense"
-           for kernel in [_kernel(serving_vars["params"], site.path)]
+  paths = serving_paths(serving_model, serving_vars, images[:1], train=False)
+  dense = {site.name: kernels.choose_backend(len(images), kernel)
+           for site in teacher.profile.sites if site.op == "dot_general"
+           for kernel in [_served_weight(serving_vars, site.name)]
            if isinstance(kernel, QArray)}
   return {
       "serving_vars": serving_vars,
+      "serving_paths": {name: list(v) for name, v in paths.items()},
       "fake_quant_accuracy": _accuracy(fake, labels),
       "served_accuracy": _accuracy(served, labels),
       "prediction_mismatches": int(np.sum(fake.argmax(-1) != served.argmax(-1))),
@@ -280,29 +343,32 @@ def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
   }
 
 
-def _kernel(params: Any, path: str) -> Any:
-  for part in path.split("/"):
-    params = params[part]
-  return params["kernel"]
+def _served_weight(serving_vars: dict, name: str) -> Any:
+  """The exported weight (a QArray in the op's weight view) of site ``name``, or None."""
+  state = get_path(serving_vars.get("served", {}), name)
+  return None if state is None else state.get("weight")
 
 
-def site_bits(rules: Sequence[Any], paths: Sequence[str]) -> tuple[dict, dict]:
-  """Per-site (weight bits, input bits) of ``rules``; None is a float operand."""
+def site_bits(rules: Sequence[Any], sites: Sequence[Any]) -> tuple[dict, dict]:
+  """Per-site (weight bits, input bits) of ``rules``, keyed by site name; None is float.
+
+  ``sites``: :func:`compressjax.core.discover`'s sites (or site names)."""
   spec = Compression(tuple(rules))
 
   def bits(t: Any) -> int | None:
     t = t.inner if isinstance(t, KeepZeros) else t
     return None if t is None else int(t.bits)
 
-  rules_at = {p: spec.rule_for(p) for p in paths}
+  sites = [s for s in sites if isinstance(s, str) or s.has_weight]
+  rules_at = {getattr(s, "name", s): spec.rule_for(s) for s in sites}
   return ({p: r and bits(r.weight) for p, r in rules_at.items()},
           {p: r and bits(r.act) for p, r in rules_at.items()})
 
 
-def _sparse_bytes(params: Any, paths: Sequence[str], total: int) -> int:
+def _sparse_bytes(serving_vars: dict, names: Sequence[str], total: int) -> int:
   """``total`` with each pruned QArray kernel stored as a bitmap plus its nonzero codes."""
-  for path in paths:
-    q = _kernel(params, path)
+  for name in names:
+    q = _served_weight(serving_vars, name)
     nonzero = int(np.count_nonzero(np.asarray(q.codes())))
     codes = q.packed.size * q.packed.dtype.itemsize
     total += math.ceil(nonzero * q.bits / 8) + math.ceil(q.k * q.n / 8) - codes
@@ -312,7 +378,9 @@ def _sparse_bytes(params: Any, paths: Sequence[str], total: int) -> int:
 def _model_entry(teacher: _Teacher, label: str, m: _Compressed, served: dict,
                  timings: dict[str, float]) -> dict[str, Any]:
   """A compressed model's row: served and fake-quant accuracy, bytes, BitOPs, bits, checks."""
-  w_bits, a_bits = site_bits(m.rules, teacher.profile.paths)
+  w_bits, a_bits = site_bits(m.rules, teacher.sites)
+  w_bits = {k: v for k, v in w_bits.items() if k in teacher.profile.names}
+  a_bits = {k: v for k, v in a_bits.items() if k in teacher.profile.names}
   return {
       "name": m.name, "label": label, "accuracy": served["served_accuracy"],
       "fake_quant_accuracy": served["fake_quant_accuracy"],
@@ -330,32 +398,48 @@ def _summary(story: Story, teacher: _Teacher, trained: dict, baselines: dict,
   """The JSON report: models (accuracy, bytes, BitOPs), layers, checks; every number measured."""
   cfg, profile = teacher.setup.cfg, teacher.profile
   student, served = student_run
-  serving_params = served["serving_vars"]["params"]
+  serving_vars = served["serving_vars"]
   float_size = size_report(teacher.variables)
-  served_size = size_report(served["serving_vars"])
+  served_size = size_report(serving_vars)
   sparsity = prune.sparsity_report(student.variables["params"], student.masks)
-  pruned = [p for p in profile.paths if f"{p}/kernel" in sparsity["layers"]]
+  pruned = [s.name for s in profile.sites if s.param in sparsity["layers"]]
+  by_name = {s.name: s for s in teacher.sites}
   entry = _model_entry(teacher, f"{story.method} W{story.w_bits}A{story.a_bits} + "
                        f"{story.sparsity:.0%} pruned + KD", student, served, timings)
   bitops = profile.bitops_per_site(entry["w_bits"], entry["a_bits"])
 
-  def zeros(path: str) -> float:
-    kernel = _kernel(serving_params, path)
+  def served_weight(name: str) -> Any:
+    kernel = _served_weight(serving_vars, name)
+    return get_path(serving_vars["params"], by_name[name].param) if kernel is None else kernel
+
+  def zeros(name: str) -> float:
+    kernel = served_weight(name)
     kernel = kernel.dequantize() if isinstance(kernel, QArray) else kernel
     return float(np.mean(np.asarray(kernel) == 0))
 
-  def masked_zero(path: str) -> bool:
-    mask = np.asarray(_kernel(student.masks, path))
-    return bool(np.all(np.asarray(_kernel(serving_params, path).dequantize())[~mask] == 0))
+  def masked_zero(name: str) -> bool:
+    site = by_name[name]
+    perm, view = site.weight_layout()
+    mask = np.transpose(np.asarray(get_path(student.masks, site.param)), perm).reshape(view)
+    kernel = np.asarray(served_weight(name).dequantize()).reshape(view)
+    return bool(np.all(kernel[~mask] == 0))
 
+  def served_bytes(name: str) -> int:
+    key = f"served/{name}/weight"
+    return served_size.per_leaf.get(key, served_size.per_leaf.get(f"params/{by_name[name].param}"))
+
+  paths = served["serving_paths"]
   layers = [{
-      "path": site.path, "kind": site.kind, "macs": site.macs, "params": site.params,
-      "w_bits": entry["w_bits"][site.path], "a_bits": entry["a_bits"][site.path],
-      "bitops": bitops[site.path],
-      "sparsity": sparsity["layers"].get(f"{site.path}/kernel", {}).get("sparsity"),
-      "served_zeros": zeros(site.path),
-      "float_bytes": float_size.per_leaf[f"params/{site.path}/kernel"],
-      "served_bytes": served_size.per_leaf[f"params/{site.path}/kernel"],
+      "site": site.name, "module": site.module, "op": site.op, "macs": site.macs,
+      "params": site.params,
+      "serving_path": paths.get(site.name, ["float", ""])[0],
+      "serving_why": paths.get(site.name, ["float", ""])[1],
+      "w_bits": entry["w_bits"][site.name], "a_bits": entry["a_bits"][site.name],
+      "bitops": bitops[site.name],
+      "sparsity": sparsity["layers"].get(site.param, {}).get("sparsity"),
+      "served_zeros": zeros(site.name),
+      "float_bytes": float_size.per_leaf[f"params/{site.param}"],
+      "served_bytes": served_bytes(site.name),
   } for site in profile.sites]
 
   models = [{"name": "float", "label": "float32 teacher",
@@ -365,7 +449,7 @@ def _summary(story: Story, teacher: _Teacher, trained: dict, baselines: dict,
              "checkpoint": trained["checkpoint"]}]
   models += [_model_entry(teacher, f"QAT {story.method} W{w}A{a}", m, s, timings)
              for (w, a), (m, s) in zip(story.baselines, baselines.values())]
-  models.append({**entry, "sparse_bytes": _sparse_bytes(serving_params, pruned,
+  models.append({**entry, "sparse_bytes": _sparse_bytes(serving_vars, pruned,
                                                         served_size.total_bytes)})
   return {
       "dataset": cfg.data.name, "model": cfg.model.name, "params": profile.total_params,

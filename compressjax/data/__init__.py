@@ -1,5 +1,9 @@
 """Data: the offline digits dataset, public tfds datasets (array_record, no TensorFlow), and
-deterministic resumable batching with host-side preprocessing and augmentation."""
+deterministic resumable batching with host-side preprocessing and augmentation.
+
+An application layer (needs the ``[data]`` extra: tensorflow-datasets, scikit-learn,
+scikit-image); may import any layer of ``compressjax`` below it.
+"""
 
 from compressjax.data.augment import Augment, crop_flip, flip, get_augment
 from compressjax.data.batching import Batch, batches, epoch_order, steps_per_epoch

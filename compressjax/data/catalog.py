@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from compressjax.data._quiet import quiet_tfds
 from compressjax.data.digits import prepared_digits
+from compressjax.data.download import download_and_prepare
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "compressjax", "tfds")
 
@@ -75,8 +76,9 @@ def prepared_builder(name: str, data_dir: str, download: bool = False) -> tfds.c
   """The builder of dataset ``name`` prepared as array_record in ``data_dir``.
 
   Digits is prepared on first use (it ships with scikit-learn). Other datasets are downloaded
-  only if ``download``; otherwise a missing copy raises FileNotFoundError naming the command
-  that prepares it.
+  only if ``download`` (ConnectionError at once when offline, see
+  :mod:`compressjax.data.download`); otherwise a missing copy raises FileNotFoundError naming
+  the command that prepares it.
   """
   spec = get_spec(name)
   if name == "digits":
@@ -89,7 +91,7 @@ def prepared_builder(name: str, data_dir: str, download: bool = False) -> tfds.c
       raise FileNotFoundError(
           f"dataset {name!r} is not prepared in {data_dir}: {prepare_command(name, data_dir)}, "
           "or pass download=True (--set data.download=true) with internet access")
-    builder.download_and_prepare()
+    download_and_prepare(builder, name, data_dir, prepare_command(name, data_dir))
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise FileNotFoundError(
         f"dataset {name!r} in {data_dir} is stored as {builder.info.file_format.value}, not "

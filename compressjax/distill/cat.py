@@ -1,5 +1,9 @@
 """CAT one-step pruning of an inception generator (Jin et al., "Teachers Do More Than Teach").
 
+The generator is any module with ``down_widths``, ``block_widths`` and ``up_widths`` fields and
+the norm paths of :class:`compressjax.models.generator.Generator` (``down_{i}_norm``,
+``block_{i}/branch_{j}/norm1``, ``up_{i}_norm``); ``clone`` builds the thinner one.
+
 The magnitudes |gamma| of the prunable norms -- the down-sampling norms, the first norm of every
 branch and the up-sampling norms -- are pooled, and one global threshold is bisected (outside
 ``jit``: shapes change) until the thinner generator's MACs, measured by ``compressjax.cost``, are
@@ -16,18 +20,16 @@ channels, for anyone who prefers to copy the teacher's slices instead.
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from compressjax import cost
-from compressjax.models.generator import Generator
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneResult:
   """The pruned architecture and how it was found (MACs per example)."""
-  generator: Generator
+  generator: nn.Module
   threshold: float
   macs: float
   target_macs: float
@@ -35,7 +37,7 @@ class PruneResult:
   kept: dict[str, np.ndarray]  # norm path -> indices of the kept channels
 
 
-def prunable_scales(generator: Generator, params: Any) -> dict[str, np.ndarray]:
+def prunable_scales(generator: nn.Module, params: Any) -> dict[str, np.ndarray]:
   """|gamma| of CAT's prunable norms, by path (down, branch first norms, up)."""
   p = params.get("params", params)
   out = {}
@@ -61,8 +63,8 @@ def _keep(scales: np.ndarray, threshold: float, min_width: int) -> np.ndarray:
   return np.sort(order[:n])
 
 
-def prune_at(generator: Generator, scales: dict[str, np.ndarray], threshold: float,
-             min_width: int = 16) -> tuple[Generator, dict[str, np.ndarray]]:
+def prune_at(generator: nn.Module, scales: dict[str, np.ndarray], threshold: float,
+             min_width: int = 16) -> tuple[nn.Module, dict[str, np.ndarray]]:
   """The generator keeping channels with |gamma| > threshold, and the kept indices per norm."""
   kept = {path: _keep(s, threshold, 0 if "/branch_" in path else min_width)
           for path, s in scales.items()}
@@ -74,13 +76,15 @@ def prune_at(generator: Generator, scales: dict[str, np.ndarray], threshold: flo
   return generator.clone(down_widths=down, block_widths=blocks, up_widths=up), kept
 
 
-def generator_macs(generator: Generator, example_input: Any) -> float:
+def generator_macs(generator: nn.Module, example_input: Any) -> float:
   """MACs per example of ``generator`` on inputs shaped like ``example_input`` (cost model)."""
+  from compressjax import cost  # pylint: disable=g-import-not-at-top  (cost is optional here)
+
   spec = jax.ShapeDtypeStruct((1, *example_input.shape[1:]), jnp.float32)
   return cost.profile(generator, spec).macs
 
 
-def cat_prune(generator: Generator, params: Any, example_input: Any, target_macs: float,
+def cat_prune(generator: nn.Module, params: Any, example_input: Any, target_macs: float,
               min_width: int = 16) -> PruneResult:
   """Bisects one global |gamma| threshold so the pruned generator's MACs <= ``target_macs``.
 

@@ -22,9 +22,9 @@ from flax import struct
 
 from compressjax.distill.alignment import ka_loss
 from compressjax.distill.feature import feature_mse, init_adaptor
+from compressjax.distill.hinge import hinge_d_loss, hinge_g_loss
 from compressjax.distill.image_metrics import psnr, ssim
 from compressjax.distill.taps import apply_with_taps, taps
-from compressjax.models.discriminator import hinge_d_loss, hinge_g_loss
 
 DISTILL_KINDS = ("ka", "mse")
 

@@ -3,9 +3,14 @@
 Every classifier is called as ``model.apply(variables, x, train=...)`` with NHWC float32 input
 and returns logits. Submodules have readable names (module paths such as
 ``"stage1/block0/conv1"``) so rules can target them, and per-layer widths are constructor fields
-so channel pruning can rebuild a thinner model of the same class.
+so channel pruning can rebuild a thinner model of the same class (``channels`` registers them
+with :mod:`compressjax.prune.channels`).
+
+An application layer: may import any layer of ``compressjax`` below it (the models themselves
+import only Flax).
 """
 
+from compressjax.models import channels  # registers the zoo with channel pruning
 from compressjax.models.cnn import CNN
 from compressjax.models.layers import ConvBN
 from compressjax.models.mlp import MLP

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator (pix2pix) and the hinge GAN losses.
+"""PatchGAN discriminator (pix2pix); its hinge losses are in :mod:`compressjax.distill.hinge`.
 
 The discriminator is conditional: it sees the input image concatenated with a real or generated
 target and returns one logit per overlapping patch. 4x4 convs with padding 1 as in pix2pix:
@@ -33,13 +33,3 @@ class PatchDiscriminator(nn.Module):
         x = nn.InstanceNorm(name=f"norm_{i}")(x)
       x = nn.leaky_relu(x, 0.2)
     return nn.Conv(1, (4, 4), padding=((1, 1), (1, 1)), kernel_init=_kernel_init, name="logits")(x)
-
-
-def hinge_d_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
-  """Discriminator hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
-  return jnp.mean(nn.relu(1.0 - real_logits)) + jnp.mean(nn.relu(1.0 + fake_logits))
-
-
-def hinge_g_loss(fake_logits: jax.Array) -> jax.Array:
-  """Generator hinge loss: -mean(D(fake))."""
-  return -jnp.mean(fake_logits)

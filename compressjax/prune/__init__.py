@@ -4,7 +4,11 @@
     masks = cj.prune.get_masks(opt_state)
 
 Channel pruning (Network Slimming): ``slimming_penalty`` during training, ``slimming_keep`` to
-choose channels, ``shrink`` to build the thinner model of the same class.
+choose channels, ``shrink`` to build the thinner model of the same class (a model class takes
+part by registering its channel groups: ``channels.register``; the zoo's are in
+``compressjax.models.channels``).
+
+May import: ``compressjax.core``, ``compressjax.qarray``, ``compressjax.kernels``.
 """
 
 from compressjax.prune.allocation import erk, uniform

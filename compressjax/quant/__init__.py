@@ -2,7 +2,10 @@
 
 Each quantizer is a frozen config with pure ``init`` / ``update`` / ``fake`` / ``export``
 methods (see :class:`Quantizer`); ``granularity`` says which elements share a scale and
-``ste`` holds the straight-through building blocks.
+``ste`` holds the straight-through building blocks; ``recipes`` the named (weight, activation)
+pairs with first/last-layer rules. Mixed precision is in ``compressjax.mixed``.
+
+May import: ``compressjax.core``, ``compressjax.qarray``, ``compressjax.kernels``.
 """
 
 from compressjax.quant._calibration import require_calibrated

@@ -1,5 +1,12 @@
 """Training: TrainState, step builders, the resumable fit loop on a device mesh, orbax
-checkpoints, optimizers."""
+checkpoints, optimizers, and the steps of the methods that train in their own way
+(``distill_step``, ``adabits_step``, ``fracbits_step``; ``quantized`` and ``qat``: QAT and PTQ
+from a float run).
+
+Needs the ``[train]`` extra (orbax-checkpoint, tqdm). May import core, the methods and export;
+its imports of ``config``, ``data`` and ``models`` (applications) are known layering
+exceptions, listed in ``tests/test_layering.py``.
+"""
 
 from compressjax.train.checkpoint import (Checkpoints, check_compatible, load_checkpoint,
                                           restore_variables)

@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run's TrainState plus JSON metadata (data position, run shape).
 
 Layout: ``<workdir>/checkpoints/<step>/{state,meta}``. Restoring into a model whose variables
-differ (another architecture, other widths) fails with one line naming the mismatching paths
-and shapes instead of an orbax/tensorstore error.
+differ (another architecture, other widths) fails with one line saying the checkpoint is from
+another model, naming the first differing path and both shapes, instead of an orbax,
+tensorstore or (later, at ``apply``) Flax scope error.
 
 Arrays are saved with their shardings and restored onto the target's (any mesh: a run saved on
 8 devices restores on 1); targets without a sharding, and ``restore_variables``, land on the
@@ -21,6 +22,7 @@ from compressjax.train.state import TrainState, Variables
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _MAX_REPORTED = 4
+_REPORT_ORDER = {"params": 0, "model_state": 1}  # then the rest (step, opt_state, rng)
 
 
 class Checkpoints:
@@ -55,8 +57,10 @@ class Checkpoints:
   def restore_variables(self, like: Variables | None = None, step: int | None = None) -> Variables:
     """The model variables ({"params": ..., **model_state}) of a checkpoint.
 
-    With ``like`` (variables of the intended model, arrays or ShapeDtypeStructs), a checkpoint
-    of another model fails with a message naming the mismatching paths.
+    ``like``: variables of the intended model (arrays or ShapeDtypeStructs, e.g.
+    ``jax.eval_shape(model.init, rng, x)``); a checkpoint of another model then fails here, with
+    a message naming the first differing path. Without it nothing is checked (what was saved is
+    returned); every library caller passes it.
     """
     step = self._step(step)
     saved = self._saved_tree(step)
@@ -119,14 +123,16 @@ def _key_name(key: Any) -> str:
 
 
 def check_compatible(saved: Any, target: Any, where: str) -> None:
-  """Raises ValueError naming paths whose presence or shape differs between two trees.
+  """ValueError "checkpoint ... is from another model" naming the first path whose presence or
+  shape differs between the two trees, both shapes, and how many more differ.
 
-  Mismatches under params/model_state are reported first (the optimizer state only mirrors
-  them).
+  Differences under params come first, then model_state; the optimizer state's (it only
+  mirrors params) are reported only when nothing else differs.
   """
   saved_shapes, target_shapes = _leaf_shapes(saved), _leaf_shapes(target)
+  order = lambda path: (_REPORT_ORDER.get(path.split("/")[0], len(_REPORT_ORDER)), path)
   problems = []
-  for path in sorted(set(saved_shapes) | set(target_shapes)):
+  for path in sorted(set(saved_shapes) | set(target_shapes), key=order):
     got, want = saved_shapes.get(path), target_shapes.get(path)
     if got != want:
       problems.append(f"{path}: checkpoint {_shape_str(got)} vs model {_shape_str(want)}")
@@ -134,7 +140,7 @@ def check_compatible(saved: Any, target: Any, where: str) -> None:
     return
   problems = [p for p in problems if not p.startswith("opt_state")] or problems
   more = f" (+{len(problems) - _MAX_REPORTED} more)" if len(problems) > _MAX_REPORTED else ""
-  raise ValueError(f"checkpoint {where} does not match the model: "
+  raise ValueError(f"checkpoint {where} is from another model: first difference "
                    f"{'; '.join(problems[:_MAX_REPORTED])}{more}")
 
 

@@ -24,6 +24,7 @@ from compressjax.train.checkpoint import restore_variables
 from compressjax.train.classifier import setup
 from compressjax.train.evaluate import evaluate
 from compressjax.train.loop import fit
+from compressjax.train.quantized import init_examples, variables_like
 from compressjax.train.state import state_from_variables
 from compressjax.train.steps import make_eval_step, make_train_step
 
@@ -41,7 +42,9 @@ def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,
   t0 = time.time()
   s = setup(cfg)
   float_model = get_model(cfg.model.name, s.dataset.num_classes, **cfg.model.kwargs)
-  float_vars = restore_variables(os.path.abspath(q.init_from))
+  examples = init_examples(s.dataset.train)
+  like = variables_like(float_model, examples)
+  float_vars = restore_variables(os.path.abspath(q.init_from), like)
   variables = s.state.variables
   if train:
     augment = s.dataset.augment if cfg.data.augment == "default" else get_augment(cfg.data.augment)
@@ -54,7 +57,7 @@ def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,
                                         batches(s.dataset.train, cfg.train.batch_size,
                                                 seed=cfg.train.seed, epoch=0)))
     variables = calibrate(s.model, variables, calib, train=False)
-  serving_model, serving_vars = export(s.model, variables)
+  serving_model, serving_vars = export(s.model, variables, examples[:1], train=False)
 
   def accuracy(model, variables):
     state = state_from_variables(variables, s.optimizer, jax.random.PRNGKey(cfg.train.seed))

@@ -44,6 +44,11 @@ def from_float(qmodel: nn.Module, float_vars: Variables, examples: Any) -> Varia
   return init_from(qmodel, float_vars, examples, train=False)
 
 
+def variables_like(model: nn.Module, examples: Any) -> Variables:
+  """Shapes and dtypes of ``model``'s variables on ``examples``: what a checkpoint must hold."""
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), examples)
+
+
 def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
                    optimizer: optax.GradientTransformation, examples: Any, rng: jax.Array, *,
                    abstract: bool) -> tuple[Callable[..., TrainState], tuple[Any, ...]]:
@@ -55,7 +60,7 @@ def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
   """
   if cfg.init_from is None:
     return (lambda x: create_train_state(qmodel, optimizer, x, rng)), (examples,)
-  like = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), examples)
+  like = variables_like(model, examples)
   float_vars = like if abstract else restore_variables(os.path.abspath(cfg.init_from), like)
   state_rng = jax.random.split(rng, 3)[2]  # the base key create_train_state would keep
 

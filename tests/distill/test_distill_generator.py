@@ -3,9 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from compressjax.distill.hinge import hinge_d_loss, hinge_g_loss
 from compressjax.distill.pix2pix import pix2pix_init
 from compressjax.distill.taps import apply_with_taps, taps
-from compressjax.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from compressjax.models.discriminator import PatchDiscriminator
 from compressjax.models.generator import Generator, uniform_generator
 
 X = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))

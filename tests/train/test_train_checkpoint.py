@@ -53,7 +53,8 @@ def test_other_widths_fail_with_paths_and_shapes(saved):
   with pytest.raises(ValueError) as info:
     load_checkpoint(workdir, jax.eval_shape(lambda: _state((6,))))
   message = str(info.value)
-  assert "\n" not in message and "does not match the model" in message
+  assert "\n" not in message and "is from another model: first difference" in message
+  assert "first difference params/dense0/bias: checkpoint (8,) vs model (6,)" in message
   assert "params/dense0/kernel: checkpoint (64, 8) vs model (64, 6)" in message
   assert "params/head/kernel: checkpoint (8, 10) vs model (6, 10)" in message
 
