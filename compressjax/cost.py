@@ -1,48 +1,52 @@
 """Cost model: per-site MACs, parameters, BitOPs and bytes of an unmodified Linen model.
 
-``profile(model, x)`` traces ``model.init`` abstractly (``jax.eval_shape``: no FLOPs, no memory)
-inside ``flax.linen.intercept_methods`` and records every weight-bearing call (a *site*: Dense,
-DenseGeneral, Conv, ConvTranspose, Einsum) by its '/'-joined module path, the same paths that
-rules match. FracBits' penalties, CAT's bisection and every report read the resulting
-``Profile``.
+``profile(model, x)`` finds the model's sites with :func:`compressjax.core.discover` (abstract
+tracing: no FLOPs, no memory): every ``dot_general`` / ``conv_general_dilated`` that reads a
+parameter, in any layer (custom layers, ``nn.scan`` stacks, any method), keyed by the site's
+``name`` (``"conv1/kernel"``; ``"shared/kernel#1"`` for a second use of a parameter), the same
+names that rules match. FracBits' penalties, CAT's bisection and every report read the
+resulting ``Profile``.
 
 Conventions:
-- MACs are **per single example**: the MACs of the traced call divided by the batch size (the
+- MACs are **per single example**: the MACs of the traced op divided by the batch size (the
   leading dimension of the first array argument), so they do not depend on the example batch.
-- Conv MACs = out_H * out_W * out_C * kh * kw * in_C / groups (strides, padding, dilation and
-  depthwise convs all follow from the output shape and the kernel shape); ConvTranspose MACs =
-  in_H * in_W * kh * kw * in_C * out_C; Dense MACs = tokens * in_features *
-  out_features; Einsum MACs = the product of the sizes of all its indices. Bias adds, norms and
-  activations are not counted.
-- Dot-product attention inside ``nn.MultiHeadDotProductAttention`` (QK^T and AV) has no weights,
-  so it is no site; its MACs are reported in ``Profile.extra_macs`` and in ``Profile.macs``,
-  but not in BitOPs.
+- dot_general MACs = prod(output shape) * prod(contracting sizes); conv MACs = prod(output
+  shape) * prod(kernel spatial sizes) * input channels per group, divided by the input
+  (lhs) dilation (a transposed conv counts only the taps that hit a real input, i.e.
+  in_H * in_W * kh * kw * in_C * out_C). A site inside ``nn.scan`` over stacked layers counts
+  every layer (times ``prod(stack_lengths)``). Bias adds, norms and activations are not counted.
+- Ops between two activations (attention's QK^T and AV) have no weights: their MACs are
+  reported in ``Profile.extra_macs`` (by site name) and in ``Profile.macs``, but not in BitOPs.
 - ``total_params`` counts every leaf of the ``params`` collection (BatchNorm scale/bias,
   LayerNorm, embeddings too); non-site parameters count as float (32 bits) in ``size_bytes``.
-  Running statistics (``batch_stats``) are not parameters.
-- Bits: a scalar for every site, or a dict path -> bits (sites missing from the dict, or mapped
-  to None, are float: 32 bits). Values may be jnp arrays (FracBits' fractional lambdas), in
-  which case the costs are differentiable jnp scalars. Weight bits may also be a vector over the
-  kernel's trailing (output) axes ("kernel-wise" bits); a site's cost then uses their mean.
+  A site's ``kernel_params`` is its parameter's size (0 for a further use ``#i`` of a parameter
+  already counted); ``bias_params`` the size of a ``bias`` parameter of the same module (given to
+  the module's first site). Running statistics (``batch_stats``) are not parameters.
+- Bits: a scalar for every site, or a dict site name -> bits (sites missing from the dict, or
+  mapped to None, are float: 32 bits). Values may be jnp arrays (FracBits' fractional lambdas),
+  in which case the costs are differentiable jnp scalars. Weight bits may also be a vector with
+  one value per output feature of the op (the ``N`` of the weight view ``(*contracting, N)``,
+  or the kernel's trailing axes: "kernel-wise" bits); a site's cost then uses their mean.
 """
 
 import dataclasses
-import inspect
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import numpy as np
-import opt_einsum
 from flax.core import meta
 
-from compressjax.core.matching import path_str
-from compressjax.core.sites import SITE_TYPES
+from compressjax.core import discover
+from compressjax.core import trace as trace_lib
+from compressjax.core.tree_paths import flat_paths, key_name, path_str
 
 FLOAT_BITS = 32
+_SHORT = {"dot_general": "dot", "conv_general_dilated": "conv"}
 
 Number = int | float
 BitsValue = Number | jax.Array | None
@@ -51,7 +55,12 @@ Bits = BitsValue | Mapping[str, BitsValue]
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-  """One weight-bearing call site; ``macs`` is per example (summed over repeated calls)."""
+  """The costs of one site (an op reading a parameter); ``macs`` is per example.
+
+  ``path`` is the core site's ``name`` (``"conv1/kernel"``), ``kind`` its op
+  (``"dot_general"`` / ``"conv_general_dilated"``), ``kernel_shape`` the weight operand's shape
+  as the op sees it, ``view_shape`` the weight view ``(*contracting, N)`` quantizers see.
+  """
 
   path: str
   kind: str
@@ -61,7 +70,15 @@ class Site:
   kernel_shape: tuple[int, ...]
   input_shape: tuple[int, ...]
   output_shape: tuple[int, ...]
+  module: str = ""
+  param: str | None = None
+  view_shape: tuple[int, ...] = ()
+  stack_lengths: tuple[int, ...] = ()
   calls: int = 1
+
+  @property
+  def name(self) -> str:
+    return self.path
 
   @property
   def params(self) -> int:
@@ -163,15 +180,15 @@ class Profile:
     return json.dumps(self.to_dict(w_bits, a_bits), indent=indent)
 
   def table(self, w_bits: Bits = None, a_bits: Bits = None) -> str:
-    """An aligned text table: path, kind, MACs, params, bits (w/a), BitOPs, bytes."""
+    """An aligned text table: path, kind (dot / conv), MACs, params, bits (w/a), BitOPs, bytes."""
     d = self.to_dict(w_bits, a_bits)
     rows = [("path", "kind", "MACs", "params", "bits w/a", "BitOPs", "bytes")]
     for s in d["sites"]:
       bits = f"{s['w_bits']:g}/{s['a_bits']:g}"
-      rows.append((s["path"], s["kind"], _num(s["macs"]), _num(s["params"]), bits,
+      rows.append((s["path"], _SHORT.get(s["kind"], s["kind"]), _num(s["macs"]), _num(s["params"]), bits,
                    _num(s["bitops"]), _num(s["bytes"])))
     for path, macs in self.extra_macs.items():
-      rows.append((path, "attention", _num(macs), "-", "-", "-", "-"))
+      rows.append((path, "act x act", _num(macs), "-", "-", "-", "-"))
     rows.append(("(non-site params)", "", "-", _num(self.other_params), "32", "-",
                  _num(self.other_params * FLOAT_BITS / 8)))
     t = d["totals"]
@@ -199,46 +216,115 @@ def profile(model: nn.Module, *example_args, method: Callable | str | None = Non
             **example_kwargs) -> Profile:
   """Profiles ``model`` called on the example inputs (arrays or ``jax.ShapeDtypeStruct``s).
 
-  Runs ``model.init`` abstractly, so the model is neither modified nor executed. Non-array
-  arguments (``train=True``) are passed through unchanged.
+  Traces the model abstractly, so it is neither modified nor executed. Non-array arguments
+  (``train=True``) are passed through unchanged.
   """
   if not isinstance(model, nn.Module):
     raise TypeError(f"profile expects a flax.linen Module; got {type(model).__name__}")
-  leaves, treedef = jax.tree.flatten((example_args, example_kwargs))
-  is_array = [hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves]
   batch_size = _batch_size(example_args)
-  calls: list[Site] = []  # One per call, MACs for the whole batch.
-  extra: dict[str, Number] = {}
+  from compressjax.core.compress import split_dynamic  # pylint: disable=g-import-not-at-top
 
-  def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if context.method_name != "__call__":
-      return out
-    if isinstance(module, SITE_TYPES):
-      calls.append(_site_call(module, args, kwargs, out))
-    elif isinstance(module, nn.MultiHeadDotProductAttention):
-      path = path_str(module.path)
-      extra[path] = extra.get(path, 0) + _attention_macs(module, args, kwargs)
-    return out
+  dyn, rebuild = split_dynamic((example_args, example_kwargs))
 
-  def init(*arrays):
-    it = iter(arrays)
-    filled = [next(it) if a else x for x, a in zip(leaves, is_array)]
-    args, kwargs = jax.tree.unflatten(treedef, filled)
-    with nn.intercept_methods(interceptor):
-      return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *args,
-                        method=method, **kwargs)
+  def init(dyn):
+    a, k = rebuild(dyn)
+    return _plain(model).init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a,
+                              method=method, **k)
 
-  variables = jax.eval_shape(init, *[x for x, a in zip(leaves, is_array) if a])
+  variables = jax.eval_shape(init, dyn)
   params = meta.unbox(variables.get("params", {}))
-  total_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-  return Profile(
-      sites=_merge(calls, batch_size),
-      extra_macs={p: _per_example(m, batch_size) for p, m in extra.items()},
-      total_params=total_params,
-      batch_size=batch_size,
-  )
+  sites = _sites(model, variables, example_args, example_kwargs, method)
+  param_sizes = {p: math.prod(leaf.shape) for p, leaf in flat_paths(params)}
+  total_params = sum(param_sizes.values())
+  out: list[Site] = []
+  extra: dict[str, Number] = {}
+  counted: set[str] = set()
+  biased: set[str] = set()
+  for s in sites:
+    macs = _per_example(_op_macs(s) * math.prod(s.stack_lengths), batch_size)
+    if not s.has_weight:
+      extra[s.name] = extra.get(s.name, 0) + macs
+      continue
+    kernel = 0 if s.param in counted else param_sizes.get(s.param, 0)
+    counted.add(s.param)
+    bias_path = f"{s.module}/bias" if s.module else "bias"
+    bias = 0
+    if bias_path in param_sizes and bias_path not in biased and s.param != bias_path:
+      bias = param_sizes[bias_path]
+      biased.add(bias_path)
+    out.append(Site(
+        path=s.name, kind=s.op, macs=macs, kernel_params=kernel, bias_params=bias,
+        kernel_shape=tuple(s.shapes[s.weight_index]),
+        input_shape=tuple(s.shapes[1 - s.weight_index]), output_shape=_out_shape(s),
+        module=s.module, param=s.param, view_shape=tuple(s.weight_layout()[1]),
+        stack_lengths=tuple(s.stack_lengths)))
+  return Profile(sites=tuple(out), extra_macs=extra, total_params=total_params,
+                 batch_size=batch_size)
+
+
+def _plain(model: nn.Module) -> nn.Module:
+  from compressjax.core.compress import uncompressed  # pylint: disable=g-import-not-at-top
+
+  return uncompressed(model)
+
+
+def _sites(model, variables, args, kwargs, method) -> list:
+  """``core.discover``'s sites (same names). Traced here instead, with every collection mutable,
+  for a model that writes a collection in the traced call (BatchNorm with ``train=True``:
+  discover applies the model with immutable collections, which such models refuse), for
+  ``jax.ShapeDtypeStruct`` inputs (discover's abstract init closes over its inputs, so it
+  cannot take them) and for a callable ``method``."""
+  abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves((args, kwargs)))
+  name = method if isinstance(method, str) or method is None else None
+  if not abstract and (name is not None or method is None):
+    try:
+      return discover(model, *args, method=name, **kwargs)
+    except flax.errors.ModifyScopeVariableError:
+      pass
+  return _trace_mutable(_plain(model), variables, args, kwargs, method)
+
+
+def _trace_mutable(model, variables, args, kwargs, method) -> list:
+  from compressjax.core.compress import split_dynamic  # pylint: disable=g-import-not-at-top
+
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  def scope(next_fun, a, k, context):
+    with trace_lib.scoped(path_str(context.module.path)):
+      return next_fun(*a, **k)
+
+  def fn(variables, dyn):
+    a, k = rebuild(dyn)
+    with nn.intercept_methods(scope):
+      return model.apply(variables, *a, rngs={"dropout": jax.random.key(1)}, method=method,
+                         mutable=True, **k)
+
+  fn_args = (meta.unbox(variables), dyn)
+  paths = []
+  for kp, _ in jax.tree_util.tree_flatten_with_path(fn_args)[0]:
+    names = [key_name(k) for k in kp]
+    is_param = len(names) >= 3 and names[0] == "0" and names[1] == "params"
+    paths.append("/".join(names[2:]) if is_param else None)
+  return trace_lib.trace(fn, fn_args, paths).site_list
+
+
+def _out_shape(site) -> tuple[int, ...]:
+  lhs, rhs = (jax.ShapeDtypeStruct(s, d) for s, d in zip(site.shapes, site.dtypes))
+  return tuple(jax.eval_shape(site.bind, lhs, rhs).shape)
+
+
+def _op_macs(site) -> int:
+  """MACs of one execution of the op (whole traced batch)."""
+  out = math.prod(_out_shape(site))
+  if site.op == "dot_general":
+    lhs = site.shapes[0]
+    return out * math.prod(lhs[a] for a in site.contracting(0))
+  spec = site.params["dimension_numbers"]
+  rhs = site.shapes[1]
+  taps = math.prod(rhs[a] for a in spec.rhs_spec[2:]) * rhs[spec.rhs_spec[1]]
+  dilation = math.prod(site.params.get("lhs_dilation") or (1,))
+  macs = out * taps
+  return macs // dilation if macs % dilation == 0 else macs / dilation
 
 
 def _batch_size(example_args: tuple) -> int:
@@ -249,60 +335,10 @@ def _batch_size(example_args: tuple) -> int:
                    f"(MACs are reported per example); got {example_args!r}")
 
 
-def _site_call(module: nn.Module, args: tuple, kwargs: dict, out: jax.Array) -> Site:
-  """The Site of one call, with the MACs of the whole traced batch."""
-  params = meta.unbox(module.variables.get("params", {}))
-  kernel = tuple(params["kernel"].shape)
-  bias = math.prod(params["bias"].shape) if "bias" in params else 0
-  x = args[0] if args else kwargs["inputs"]
-  kind = next(t.__name__ for t in SITE_TYPES if isinstance(module, t))
-  if kind == "ConvTranspose":
-    macs = math.prod(x.shape[:-1]) * math.prod(kernel)
-  elif kind == "Conv":
-    macs = math.prod(out.shape) * math.prod(kernel[:-1])
-  elif kind == "Dense":
-    macs = math.prod(out.shape) * x.shape[-1]
-  elif kind == "DenseGeneral":
-    axes = module.axis if isinstance(module.axis, Iterable) else (module.axis,)
-    macs = math.prod(out.shape) * math.prod(x.shape[a] for a in axes)
-  else:
-    eq = kwargs.get("einsum_str", args[1] if len(args) > 1 else None) or module.einsum_str
-    macs = _einsum_macs(eq, x, params["kernel"])
-  return Site(path_str(module.path), kind, macs, math.prod(kernel), bias, kernel,
-              tuple(x.shape), tuple(out.shape))
-
-
-def _einsum_macs(eq: str, lhs: Any, rhs: Any) -> int:
-  """MACs of a two-operand einsum: the product of the sizes of all indices."""
-  operands, _, _ = opt_einsum.parser.parse_einsum_input((eq.replace(" ", ""), lhs, rhs))
-  sizes = {}
-  for letters, operand in zip(operands.split(","), (lhs, rhs)):
-    sizes.update(zip(letters, operand.shape))
-  return math.prod(sizes.values())
-
-
-def _attention_macs(module: nn.MultiHeadDotProductAttention, args: tuple, kwargs: dict) -> int:
-  """MACs of QK^T and AV: 2 * tokens_q * tokens_kv * qkv_features per batch element."""
-  bound = inspect.signature(type(module).__call__).bind(module, *args, **kwargs).arguments
-  q = bound["inputs_q"]
-  k = next((bound[n] for n in ("inputs_kv", "inputs_k") if bound.get(n) is not None), q)
-  features = module.qkv_features or q.shape[-1]
-  return 2 * math.prod(q.shape[:-1]) * k.shape[-2] * features
-
-
-def _per_example(macs: int, batch_size: int) -> Number:
-  return macs // batch_size if macs % batch_size == 0 else macs / batch_size
-
-
-def _merge(calls: list[Site], batch_size: int) -> tuple[Site, ...]:
-  """One Site per path (first-call order) with per-example MACs summed over repeated calls."""
-  sites: dict[str, Site] = {}
-  for c in calls:
-    s = sites.get(c.path)
-    sites[c.path] = c if s is None else dataclasses.replace(
-        s, macs=s.macs + c.macs, calls=s.calls + 1)
-  return tuple(dataclasses.replace(s, macs=_per_example(s.macs, batch_size))
-               for s in sites.values())
+def _per_example(macs: Number, batch_size: int) -> Number:
+  if isinstance(macs, int) and macs % batch_size == 0:
+    return macs // batch_size
+  return macs / batch_size
 
 
 def _lookup(bits: Bits, path: str) -> BitsValue:
@@ -310,14 +346,17 @@ def _lookup(bits: Bits, path: str) -> BitsValue:
 
 
 def _weight_bits(bits: Bits, site: Site) -> Any:
-  """A site's (mean) weight bits; vectors must match the kernel's trailing axes."""
+  """A site's (mean) weight bits; vectors have one value per output feature of the op."""
   b = _lookup(bits, site.path)
   if b is None:
     return FLOAT_BITS
   if getattr(b, "ndim", 0) > 0:
-    if tuple(b.shape) != site.kernel_shape[len(site.kernel_shape) - b.ndim:]:
-      raise ValueError(f"w_bits for site {site.path!r} has shape {tuple(b.shape)}; allowed: a "
-                       f"scalar or the trailing axes of its kernel {site.kernel_shape}")
+    shape = tuple(b.shape)
+    trailing = site.kernel_shape[len(site.kernel_shape) - b.ndim:]
+    if shape != trailing and shape != tuple(site.view_shape[-1:]):
+      raise ValueError(f"w_bits for site {site.path!r} has shape {shape}; allowed: a scalar, "
+                       f"one value per output feature {tuple(site.view_shape[-1:])} or the "
+                       f"trailing axes of its kernel {site.kernel_shape}")
     return _check_range(b, site.path, "w_bits").mean()
   return _check_range(b, site.path, "w_bits")
 
