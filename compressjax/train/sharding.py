@@ -2,32 +2,40 @@
 
 Parameters:
 
-1. a parameter named ``kernel_*`` (the state of a site's weight quantizer: step size, clip
-   level, bit-width) follows its sibling ``kernel``: aligned from the right as in
-   broadcasting, on each axis where its size equals the kernel's it is sharded like the
-   kernel, where it is 1 it is not, so per-channel scales and bit-widths (``(1, 1, 1, C)`` or
-   ``(C,)``) live with their channels; a shape that does not broadcast is replicated;
+1. the state of a site's transforms lives under ``params["compressjax"][<site name nesting>]``
+   (``{"weight": ..., "input": ...}``, see :mod:`compressjax.core.compress`); weight-quantizer
+   state (step size, clip level, bit-width) follows the site's parameter ``site.param`` (the
+   site name without its ``#i`` suffix, e.g. ``conv1/kernel``): aligned from the right as in
+   broadcasting, on each axis where its size equals the kernel's it is sharded like the kernel,
+   where it is 1 it is not, so per-channel scales and bit-widths (``(1, 1, 1, C)`` or ``(C,)``)
+   live with their channels; a shape that does not broadcast, scalars, and activation
+   quantizer state (``"input"``) are replicated;
 2. a parameter of at least ``min_size`` elements is sharded over "fsdp" along its largest axis
    divisible by the fsdp size (the last such axis on ties: output channels);
 3. everything else is replicated.
 
 Every other leaf (optimizer moments, pruning masks kept in the optimizer state, quantizer and
 BatchNorm statistics) is matched to a parameter by path and shape: a leaf whose path ends with
-a parameter's path and has its shape is sharded like it; a ``kernel_*`` leaf follows its
-site's kernel as in rule 1; the rest (step, rng, counters, BatchNorm statistics) is replicated.
+a parameter's path and has its shape is sharded like it; quantizer statistics
+(``quant_stats``, nested by site name like the transforms' params) follow their site's kernel
+as in rule 1; the rest (step, rng, counters, BatchNorm statistics) is replicated.
 Batches are split along their first axis over both mesh axes.
 """
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from compressjax.core.compress import WEIGHT_PREFIX
+from compressjax.core.compress import SITE_PARAMS, STATS
 from compressjax.train.checkpoint import _key_name
 from compressjax.train.mesh import BATCH_AXES, FSDP_AXIS
+
+_OPERANDS = ("weight", "input")
+_USE_SUFFIX = re.compile(r"#\d+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +46,14 @@ class _Owner:
 
 def _names(path: Any) -> tuple[str, ...]:
   return tuple(_key_name(k) for k in path)
+
+
+def _site_root(names: tuple[str, ...]) -> int | None:
+  """Index of the ``compressjax`` / ``quant_stats`` key in a leaf path (the last), or None."""
+  for i in range(len(names) - 1, -1, -1):
+    if names[i] in (SITE_PARAMS, STATS):
+      return i
+  return None
 
 
 def fsdp_axis(shape: tuple[int, ...], fsdp: int, min_size: int) -> int | None:
@@ -55,14 +71,15 @@ class _ParamIndex:
     self.owners: dict[tuple[str, ...], _Owner] = {}
     leaves = [(_names(p), tuple(x.shape)) for p, x in jax.tree_util.tree_flatten_with_path(
         params)[0]]
+    site_state = lambda names: _site_root(names) is not None
     for names, shape in leaves:  # rules 2 and 3 first: quantizer state looks up its kernel
-      if not names[-1].startswith(WEIGHT_PREFIX):
+      if not site_state(names):
         axis = fsdp_axis(shape, fsdp, min_size)
         self.owners[names] = _Owner(shape, tuple(FSDP_AXIS if a == axis else None
                                                  for a in range(len(shape))))
     self.lengths = sorted({len(n) for n, _ in leaves}, reverse=True)
     for names, shape in leaves:
-      if names[-1].startswith(WEIGHT_PREFIX):
+      if site_state(names):
         self.owners[names] = _Owner(shape, self.spec(names, shape))
 
   def _find(self, names: tuple[str, ...]) -> _Owner | None:
@@ -71,14 +88,30 @@ class _ParamIndex:
         return self.owners[names[-n:]]
     return None
 
+  def _site_kernel(self, names: tuple[str, ...]) -> tuple[_Owner, str] | None:
+    """(the site's parameter, operand) of a transform-state leaf, or None."""
+    root = _site_root(names)
+    if root is None:
+      return None
+    for j in range(root + 2, len(names)):
+      if names[j] not in _OPERANDS:
+        continue
+      site = names[root + 1:j]
+      param = site[:-1] + (_USE_SUFFIX.sub("", site[-1]),)
+      owner = self.owners.get(param)
+      if owner is not None and _site_root(param) is None:
+        return owner, names[j]
+    return None
+
   def spec(self, names: tuple[str, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
     """The spec of a state leaf at ``names`` (its path) with ``shape``."""
     owner = self._find(names)
     if owner is not None and owner.shape == shape:
       return owner.spec
-    if names and names[-1].startswith(WEIGHT_PREFIX):
-      kernel = self._find(names[:-1] + ("kernel",))
-      if kernel is not None and len(shape) <= len(kernel.shape):  # broadcast: align right
+    found = self._site_kernel(names)
+    if found is not None and found[1] == "weight":
+      kernel = found[0]
+      if 0 < len(shape) <= len(kernel.shape):  # broadcast: align right
         skip = len(kernel.shape) - len(shape)
         tail, spec = kernel.shape[skip:], kernel.spec[skip:]
         if all(d in (1, k) for d, k in zip(shape, tail)):

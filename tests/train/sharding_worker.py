@@ -88,8 +88,10 @@ def run_meshes(out):
   abstract = jax.eval_shape(lambda: init_state(calibrated_model(), optax.sgd(0.1)))
   results["specs"]["calibrated/4x2"] = _specs(
       with_shardings(abstract, state_shardings(abstract, mesh, FSDP_MIN_SIZE)))
-  params = {"conv": {"kernel": np.zeros((3, 3, 8, 16)), "kernel_lambda": np.zeros(16),
-                     "kernel_odd": np.zeros(3)}}
+  params = {"conv": {"kernel": np.zeros((3, 3, 8, 16))},  # a second use of it: "kernel#1"
+            "compressjax": {"conv": {"kernel": {"weight": {"lambda": np.zeros(16),
+                                                           "odd": np.zeros(3)}},
+                                     "kernel#1": {"weight": {"lambda": np.zeros(16)}}}}}
   results["specs"]["bitwidths/4x2"] = _specs(
       with_shardings(params, tree_shardings(params, params, mesh, FSDP_MIN_SIZE)))
 

@@ -77,6 +77,7 @@ def test_two_processes_equal_single_device(runs):
 
 FSDP_LAST = [None, None, None, "fsdp"]
 REPLICATED_1D = [None]
+Q = "['compressjax']"  # transform state: params["compressjax"][<site name nesting>]
 
 
 def test_every_leaf_has_the_intended_sharding(runs):
@@ -84,9 +85,12 @@ def test_every_leaf_has_the_intended_sharding(runs):
   want_params = {
       "['conv0']['kernel']": FSDP_LAST, "['conv1']['kernel']": FSDP_LAST,  # (3,3,1,8) (3,3,8,16)
       "['hidden']['kernel']": ["fsdp", None], "['head']['kernel']": ["fsdp", None],  # (64,32)
-      "['conv0']['kernel_step']": FSDP_LAST, "['conv1']['kernel_step']": FSDP_LAST,  # per channel
-      "['hidden']['kernel_step']": [None, None], "['head']['kernel_step']": [None, None],
-      "['head']['input_step']": [], "['head']['bias']": REPLICATED_1D,  # 10 < fsdp_min_size
+      Q + "['conv0']['kernel']['weight']['step']": FSDP_LAST,  # per channel, like the kernel
+      Q + "['conv1']['kernel']['weight']['step']": FSDP_LAST,
+      Q + "['hidden']['kernel']['weight']['step']": [None, None],
+      Q + "['head']['kernel']['weight']['step']": [None, None],
+      Q + "['head']['kernel']['input']['step']": [],  # scalar: replicated
+      "['head']['bias']": REPLICATED_1D,  # 10 < fsdp_min_size
       "['hidden']['bias']": REPLICATED_1D, "['bn0']['scale']": REPLICATED_1D,
   }
   for path, spec in want_params.items():
@@ -108,13 +112,17 @@ def test_quantizer_statistics_and_bit_widths_follow_their_kernel(runs):
   calibrated = specs["calibrated/4x2"]
   for site, kernel in [("conv0", FSDP_LAST), ("conv1", FSDP_LAST), ("hidden", ["fsdp", None])]:
     assert calibrated[f".params['{site}']['kernel']"] == kernel
-  stats = ".model_state['quant_stats']['conv1']"
-  assert calibrated[stats + "['kernel_hi']"] == calibrated[stats + "['kernel_lo']"] == FSDP_LAST
-  assert calibrated[".model_state['quant_stats']['hidden']['kernel_hi']"] == [None, None]
-  assert calibrated[stats + "['kernel_count']"] == []
+  stats = ".model_state['quant_stats']['conv1']['kernel']['weight']"
+  assert calibrated[stats + "['hi']"] == calibrated[stats + "['lo']"] == FSDP_LAST
+  hidden = ".model_state['quant_stats']['hidden']['kernel']['weight']"
+  assert calibrated[hidden + "['hi']"] == [None, None]
+  assert calibrated[stats + "['count']"] == []
+  lambdas = "['compressjax']['conv']['kernel']['weight']"
   assert specs["bitwidths/4x2"] == {"['conv']['kernel']": FSDP_LAST,
-                                    "['conv']['kernel_lambda']": ["fsdp"],
-                                    "['conv']['kernel_odd']": [None]}
+                                    lambdas + "['lambda']": ["fsdp"],
+                                    lambdas + "['odd']": [None],
+                                    "['compressjax']['conv']['kernel#1']['weight']['lambda']":
+                                        ["fsdp"]}
 
 
 def test_checkpoint_from_4x2_restores_on_8x1_and_one_device(runs):
