@@ -151,11 +151,12 @@ def _export_nnx(module, backend):
   state = join_state(tr.site_list, nnx_compress._unwrap(module.site_params),  # pylint: disable=protected-access
                                   nnx_compress._unwrap(module.site_stats))  # pylint: disable=protected-access
   served, absent = export_sites(module.compression, tr, value_of, state)
-  copy = nnx.merge(graphdef, params, rest)
+  # tree_map rebuilds the Variables: the serving copy shares arrays, not Variables, with the model.
+  copy = nnx.merge(graphdef, *jax.tree_util.tree_map(lambda a: a, (params, rest)))
   drop = {p for p, _, _ in absent}
   for path, var in nnx.iter_graph(copy):
     if isinstance(var, nnx.Param) and "/".join(map(str, path)) in drop:
-      var.value = jnp.zeros((0,), var.value.dtype)
+      var.set_value(jnp.zeros((0,), var.get_value().dtype))
   spec = dataclasses.replace(module.compression, serve=True, backend=backend, absent=absent)
   out = nnx_compress.CompressedModule(copy, spec, {}, {}, served, example)
   out.use_running_average = True

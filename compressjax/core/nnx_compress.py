@@ -23,6 +23,7 @@ from compressjax.core import trace as trace_lib
 from compressjax.core.compress import (Compression, check_rules, join_state, run, split_dynamic,
                                        split_state)
 from compressjax.core.tree_paths import get_path, key_name
+from compressjax.qarray import QArray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _scoped_class(cls: type) -> type:
 
 def _scope_modules(m: nnx.Module) -> None:
   """Gives every submodule of a merged (throw-away) copy a named scope of its path."""
-  for path, sub in m.iter_modules():
+  for path, sub in nnx.iter_modules(m):
     cls = type(sub)
     if path and "__call__" in dir(cls) and cls.__call__ is not object.__call__:
       object.__setattr__(sub, "_compressjax_path", "/".join(str(p) for p in path))
@@ -180,16 +181,16 @@ def _scope_modules(m: nnx.Module) -> None:
 
 
 def _wrap(tree: dict, kind: type) -> dict:
-  return jax.tree_util.tree_map(kind, tree)
+  return jax.tree_util.tree_map(kind, tree, is_leaf=lambda x: isinstance(x, QArray))
 
 
 def _unwrap(tree: dict) -> dict:
-  return jax.tree_util.tree_map(lambda v: v.value, tree,
+  return jax.tree_util.tree_map(lambda v: v.get_value(), tree,
                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _assign(variables: dict, values: dict) -> None:
   """Writes ``values`` into the matching Variables of ``variables`` (same nesting)."""
   for key, value in values.items():
-    jax.tree_util.tree_map(lambda var, x: setattr(var, "value", x), variables[key], value,
+    jax.tree_util.tree_map(lambda var, x: var.set_value(x), variables[key], value,
                            is_leaf=lambda x: isinstance(x, nnx.Variable))

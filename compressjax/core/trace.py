@@ -280,13 +280,12 @@ def _module_of(eqn, default: str) -> str:
   at = stack.rfind(_SCOPE)
   if at < 0:
     return default
-  rest = stack[at + len(_SCOPE):]
-  return rest.split("/" + _SCOPE)[0] if rest else ""
+  return stack[at + len(_SCOPE):].split("/")[0].replace("|", "/")
 
 
 def scoped(path: str):
   """A named scope that marks the equations traced inside it as belonging to module ``path``."""
-  return jax.named_scope(_SCOPE + path)
+  return jax.named_scope(_SCOPE + path.replace("/", "|"))
 
 
 # ------------------------------------------------------------------------------------------------
