@@ -3,7 +3,8 @@
 One shared set of conv/dense weights. Per bit-width ``b`` in ``bits_list``:
 
 * its own quantizer state at every site (the "switchable clipping level", S-CL: one PACT alpha
-  per bit-width), held by :class:`Switchable`, and
+  per bit-width), held by :class:`Switchable` as a dict keyed by ``str(bits)``
+  (``params["compressjax"]["conv1"]["kernel"]["input"] == {"8": {"alpha": ..}, "4": ...}``), and
 * its own BatchNorm statistics and affine parameters ("switchable BN"), held by
   :class:`SwitchableBN`, an extra interceptor that renames every ``nn.BatchNorm`` variable to
   ``<name>_b<bits>`` for the call, so the user's model is unmodified.
@@ -20,6 +21,7 @@ copied (:func:`copy_switch`), optionally after :func:`recalibrate_bn`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,7 +30,7 @@ import flax.linen as nn
 import jax
 
 from compressjax.core.calibrate import calibrate
-from compressjax.core.compress import compress, shadowed, with_compression
+from compressjax.core.compress import SITE_PARAMS, STATS, compress, with_compression
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import discover
 from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
@@ -40,8 +42,13 @@ State = dict[str, Array]
 
 
 def suffix(bits: int) -> str:
-  """The name suffix of a bit-width's switch: ``scale`` -> ``scale_b4``."""
+  """The name suffix of a bit-width's BatchNorm switch: ``scale`` -> ``scale_b4``."""
   return f"_b{bits}"
+
+
+def key(bits: int) -> str:
+  """The key of a bit-width's state in a :class:`Switchable`'s state dicts: ``"4"``."""
+  return str(bits)
 
 
 def check_bits_list(bits_list: Sequence[int], bit_range: tuple[int, int], owner: str = "bits_list") -> tuple[int, ...]:
@@ -69,8 +76,9 @@ def check_bits_list(bits_list: Sequence[int], bit_range: tuple[int, int], owner:
 class Switchable:
   """A transform holding one quantizer per bit-width; only ``active`` runs.
 
-  State keys get the bit-width suffix (``alpha`` -> ``alpha_b4``); every switch's state is
-  created at ``init``, ``update`` touches only the active one's.
+  State is nested by bit-width: ``params = {"8": params_8, "4": params_4, ...}`` (keys
+  ``str(bits)``), stats likewise; every switch's state is created at ``init``, ``update``
+  touches only the active one's.
 
   Attributes:
     quantizers: one per bit-width, in strictly decreasing bit order.
@@ -83,50 +91,65 @@ class Switchable:
   def __post_init__(self):
     if not self.quantizers:
       raise ValueError("Switchable needs at least one quantizer (bits_list is empty)")
-    check_bits_list(self.bits, self.quantizers[0].bit_range(), "Switchable bits")
-    if self.active not in self.bits:
-      raise ValueError(f"Switchable: active={self.active!r} is not one of the bit-widths {self.bits}")
+    check_bits_list(self.bits_list, self.quantizers[0].bit_range(), "Switchable bits")
+    if self.active not in self.bits_list:
+      raise ValueError(
+          f"Switchable: active={self.active!r} is not one of the bit-widths {self.bits_list}")
 
   @property
-  def bits(self) -> tuple[int, ...]:
+  def bits_list(self) -> tuple[int, ...]:
     return tuple(q.bits for q in self.quantizers)
+
+  @property
+  def bits(self) -> int:
+    """The active bit-width (what ``core.bits_of`` and export see)."""
+    return self.active
 
   def at(self, bits: int) -> Switchable:
     return dataclasses.replace(self, active=bits)
 
-  def init(self, x: Array) -> tuple[State, State]:
+  def init(self, x: Array) -> tuple[dict, dict]:
     params, stats = {}, {}
     for q in self.quantizers:
-      p, s = q.init(x)
-      params.update(_with_suffix(p, q.bits))
-      stats.update(_with_suffix(s, q.bits))
+      params[key(q.bits)], stats[key(q.bits)] = q.init(x)
     return params, stats
 
-  def update(self, x: Array, params: State, stats: State) -> State:
-    q = self._active
-    new = q.update(x, _own(params, q.bits), _own(stats, q.bits))
-    return {**stats, **_with_suffix(new, q.bits)}
+  def update(self, x: Array, params: dict, stats: dict) -> dict:
+    q, k = self._active, key(self.active)
+    return {**stats, k: q.update(x, params[k], stats[k])}
 
-  def fake(self, x: Array, params: State, stats: State) -> Array:
-    q = self._active
-    return q.fake(x, _own(params, q.bits), _own(stats, q.bits))
+  def fake(self, x: Array, params: dict, stats: dict) -> Array:
+    k = key(self.active)
+    return self._active.fake(x, params[k], stats[k])
 
-  def export(self, x: Array, params: State, stats: State):
-    q = self._active
-    return q.export(x, _own(params, q.bits), _own(stats, q.bits))
+  def quantize(self, x: Array, params: dict, stats: dict):
+    k = key(self.active)
+    return self._active.quantize(x, params[k], stats[k])
+
+  def export(self, x: Array, params: dict, stats: dict):
+    k = key(self.active)
+    return self._active.export(x, params[k], stats[k])
 
   @property
   def _active(self) -> Quantizer:
-    return self.quantizers[self.bits.index(self.active)]
+    return self.quantizers[self.bits_list.index(self.active)]
 
 
-def _with_suffix(state: State, bits: int) -> State:
-  return {k + suffix(bits): v for k, v in state.items()}
-
-
-def _own(state: State, bits: int) -> State:
-  end = suffix(bits)
-  return {k[: -len(end)]: v for k, v in state.items() if k.endswith(end)}
+@contextlib.contextmanager
+def _shadowed(module: nn.Module, attrs: dict[str, Any]):
+  """Sets instance attributes of a (frozen) module for one call, then restores them."""
+  missing = object()
+  saved = {k: module.__dict__.get(k, missing) for k in attrs}
+  for k, v in attrs.items():
+    object.__setattr__(module, k, v)
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is missing:
+        object.__delattr__(module, k)
+      else:
+        object.__setattr__(module, k, v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +159,7 @@ class SwitchableBN:
   For the duration of the call the module's ``param`` and ``variable`` are shadowed so that
   ``scale``/``bias``/``mean``/``var`` become ``<name>_b<bits>``; all switches are created (at
   init) or looked up, and the active one is used, so only its statistics are updated.
+  Pass it to ``compress(model, rules, interceptors=(SwitchableBN(...),))``.
   """
 
   bits: tuple[int, ...]
@@ -159,10 +183,11 @@ class SwitchableBN:
       return switches[self.active]
 
     def variable(col, name, *init_args, **init_kwargs):
-      switches = {b: read_variable(col, name + suffix(b), *init_args, **init_kwargs) for b in self.bits}
+      switches = {b: read_variable(col, name + suffix(b), *init_args, **init_kwargs)
+                  for b in self.bits}
       return switches[self.active]
 
-    with shadowed(module, {"param": param, "variable": variable}):
+    with _shadowed(module, {"param": param, "variable": variable}):
       return next_fun(*args, **kwargs)
 
 
@@ -224,6 +249,7 @@ def at_bits(model: nn.Module, bits: int) -> nn.Module:
           r,
           weight=r.weight.at(bits) if isinstance(r.weight, Switchable) else r.weight,
           act=r.act.at(bits) if isinstance(r.act, Switchable) else r.act,
+          rhs=r.rhs.at(bits) if isinstance(r.rhs, Switchable) else r.rhs,
       )
       for r in spec.rules
   )
@@ -240,18 +266,46 @@ def init_from_float(model: nn.Module, float_variables: dict, x: Array, **kwargs:
 
 
 def copy_switch(variables: Any, src: int, dst: int) -> Any:
-  """``variables`` with every ``<name>_b<src>`` leaf also written to ``<name>_b<dst>``.
+  """``variables`` with the ``src``-bit switch also written as the ``dst``-bit one.
 
-  Builds the direct-adaptation baseline: a model trained at ``src`` bits run at ``dst`` with
-  the same BatchNorm and clip levels.
+  BatchNorm: every ``<name>_b<src>`` leaf is copied to ``<name>_b<dst>``; transform state
+  (``params["compressjax"]``, ``quant_stats``): every ``"<src>"`` entry of a switch dict is
+  copied to ``"<dst>"``. Builds the direct-adaptation baseline: a model trained at ``src`` bits
+  run at ``dst`` with the same BatchNorm and clip levels.
   """
   if not isinstance(variables, dict):
     return variables
-  out = {k: copy_switch(v, src, dst) for k, v in variables.items()}
+  out = {}
+  for col, tree in variables.items():
+    if col == STATS:
+      out[col] = _copy_state_switch(tree, src, dst)
+    elif col == "params" and isinstance(tree, dict):
+      out[col] = {k: (_copy_state_switch(v, src, dst) if k == SITE_PARAMS
+                      else _copy_bn_switch(v, src, dst)) for k, v in tree.items()}
+    else:
+      out[col] = _copy_bn_switch(tree, src, dst)
+  return out
+
+
+def _copy_bn_switch(tree: Any, src: int, dst: int) -> Any:
+  if not isinstance(tree, dict):
+    return tree
+  out = {k: _copy_bn_switch(v, src, dst) for k, v in tree.items()}
   end = suffix(src)
-  for k, v in variables.items():
+  for k, v in tree.items():
     if k.endswith(end) and not isinstance(v, dict):
       out[k[: -len(end)] + suffix(dst)] = v
+  return out
+
+
+def _copy_state_switch(tree: Any, src: int, dst: int) -> Any:
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(_copy_state_switch(v, src, dst) for v in tree)
+  if not isinstance(tree, dict):
+    return tree
+  out = {k: _copy_state_switch(v, src, dst) for k, v in tree.items()}
+  if key(src) in tree:
+    out[key(dst)] = out[key(src)]
   return out
 
 

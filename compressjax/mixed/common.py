@@ -10,13 +10,18 @@
   gets the method's own (switchable, fractional, ...) weight and activation transforms.
 * :func:`start_from_float`: variables of a compressed model built from a float model's, with
   BatchNorm copied into every per-bit switch (``<name>_b<bits>``) and every PACT clip level
+  (an ``alpha`` in a site's input state, ``params["compressjax"][<site>]["input"]``)
   initialised from a percentile of the float activations it clips, so that low-bit fine-tuning
   does not start from alpha = 10 (PACT's default) on inputs of magnitude ~1.
+* :func:`site_inputs`: the activation operand of every weight site of a float model, by site
+  name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,17 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compressjax.core.compress import INPUT_PREFIX, init_from, uncompressed
-from compressjax.core.matching import path_str
+from compressjax.core.matching import UnusedRuleWarning
+from compressjax.core.compress import SITE_PARAMS, STATS, compress, init_from, uncompressed
 from compressjax.core.rule import Rule, with_edges
-from compressjax.core.sites import is_site
+from compressjax.core.tree_paths import get_path
 from compressjax.quant.recipes import recipe
 
 Array = jax.Array
 Method = str | Callable[[int, int], tuple[Any, Any]]
 DEFAULT_METHOD = "sat_centered"
 
-ALPHA_NAME = re.compile(rf"^{INPUT_PREFIX}(.*_)?alpha(_b\d+)?$")
+ALPHA = "alpha"
 _SWITCH = re.compile(r"^(.*)_b(\d+)$")
 
 
@@ -57,18 +62,59 @@ def edge_rules(sites: Sequence[Any], weight: Any, act: Any, *, method: Method, e
   )
 
 
+class _Record:
+  """A transform that keeps its operand as its (init-time) statistic and changes nothing."""
+
+  def init(self, x: Array):
+    return {}, {"x": x}
+
+  def update(self, x: Array, params, stats):
+    return stats
+
+  def fake(self, x: Array, params, stats):
+    return x
+
+
 def site_inputs(model: nn.Module, variables: dict, x: Array, **kwargs: Any) -> dict[str, Array]:
-  """The input of every site of a float ``model`` on ``x`` (first call per site), by path."""
+  """The activation operand of every weight site of a float ``model`` on ``x``, by site name
+  (as the op sees it; stacked along the leading axes for sites in ``nn.scan`` stacks)."""
+  recorder = compress(uncompressed(model), [Rule(pattern=".", act=_Record())])
+  user = {k: v for k, v in variables.items() if k != STATS}
+  user["params"] = {k: v for k, v in variables["params"].items() if k != SITE_PARAMS}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UnusedRuleWarning)
+    stats = init_from(recorder, user, x, **kwargs).get(STATS, {})
   found: dict[str, Array] = {}
 
-  def record(next_fun, args, call_kwargs, context):
-    if is_site(context.module, context.method_name):
-      found.setdefault(path_str(context.module.path), args[0])
-    return next_fun(*args, **call_kwargs)
+  def collect(tree, prefix):
+    for k, v in tree.items():
+      if k == "input" and isinstance(v, dict) and set(v) == {"x"}:
+        found["/".join(prefix)] = v["x"]
+      elif isinstance(v, dict):
+        collect(v, (*prefix, k))
 
-  with nn.intercept_methods(record):
-    model.apply(variables, x, **kwargs)
+  collect(stats, ())
   return found
+
+
+def init_shapes(model: nn.Module, x: Array) -> dict:
+  """Shapes of the variables of compressed ``model`` (eval mode), including those that its
+  interceptors create (AdaBits' ``<name>_b<bits>`` BatchNorm switches).
+
+  Works around the core's ``init``, which keeps only the variables of the plain model's init
+  (variables created by ``Compression.interceptors`` are dropped).
+  """
+  plain = uncompressed(model)
+  spec = getattr(model, "compression", None)
+  interceptors = () if spec is None else spec.interceptors
+
+  def init(x):
+    with contextlib.ExitStack() as stack:
+      for interceptor in interceptors:
+        stack.enter_context(nn.intercept_methods(interceptor))
+      return plain.init(jax.random.key(0), x, train=False)
+
+  return jax.eval_shape(init, x)
 
 
 def start_from_float(
@@ -78,10 +124,11 @@ def start_from_float(
 
   Every per-bit switch ``<name>_b<bits>`` of a BatchNorm (AdaBits) starts as a copy of the
   float ``<name>``; transform state is initialised on ``x`` (eval mode) from these values; and
-  every PACT clip level (``input_alpha``, ``input_alpha_b<bits>``) of a site is set to the
-  ``alpha_percentile`` percentile of that site's float input on ``x`` (None: keep PACT's init).
+  every PACT clip level of a site (any ``alpha`` in its input transform's state, switches and
+  chains included) is set to the ``alpha_percentile`` percentile of that site's float input on
+  ``x`` (None: keep PACT's init).
   """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  shapes = init_shapes(model, x)
   start = {
       col: _copy_float_into_switches(shapes[col], float_variables[col])
       for col in float_variables
@@ -111,16 +158,27 @@ def _copy_float_into_switches(shapes: Any, values: Any) -> Any:
   return out
 
 
-def _set_alphas(params: dict, levels: dict[str, float], prefix: tuple[str, ...] = ()) -> dict:
-  out = {}
-  for key, value in params.items():
-    if isinstance(value, dict):
-      out[key] = _set_alphas(value, levels, (*prefix, key))
-    elif ALPHA_NAME.match(key) and path_str(prefix) in levels:
-      out[key] = jnp.full_like(value, max(levels[path_str(prefix)], 1e-3))
-    else:
-      out[key] = value
-  return out
+def _set_alphas(params: dict, levels: dict[str, float]) -> dict:
+  """``params`` with every ``alpha`` leaf of a site's input state set to that site's level."""
+  site_params = params.get(SITE_PARAMS)
+  if not site_params:
+    return params
+  site_params = jax.tree.map(lambda v: v, site_params)  # fresh dicts
+  for name, level in levels.items():
+    node = get_path(site_params, name)
+    if node is None or "input" not in node:
+      continue
+    node["input"] = _fill_alpha(node["input"], max(level, 1e-3))
+  return {**params, SITE_PARAMS: site_params}
+
+
+def _fill_alpha(state: Any, level: float) -> Any:
+  if isinstance(state, dict):
+    return {k: jnp.full_like(v, level) if k == ALPHA and not isinstance(v, (dict, tuple, list))
+            else _fill_alpha(v, level) for k, v in state.items()}
+  if isinstance(state, (tuple, list)):
+    return type(state)(_fill_alpha(v, level) for v in state)
+  return state
 
 
 def node_at(tree: dict, path: str) -> dict:

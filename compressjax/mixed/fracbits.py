@@ -29,14 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compressjax.core.compress import INPUT_PREFIX, WEIGHT_PREFIX, compress
-from compressjax.core.matching import path_str
+from compressjax.core.compress import SITE_PARAMS, compress
 from compressjax.core.sites import discover
+from compressjax.core.tree_paths import get_path, key_name
 from compressjax.cost import Profile
 from compressjax.mixed.adabits import Switchable
 from compressjax.mixed.budget import Budget, check_profile
-from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, node_at, quantizers,
-                                      transfer)
+from compressjax.mixed.common import DEFAULT_METHOD, Method, edge_rules, quantizers, transfer
 from compressjax.mixed.common import start_from_float as init_from_float
 from compressjax.mixed.interp import ChannelBits, check_levels, mix
 from compressjax.mixed.report import BitAllocation
@@ -59,13 +58,16 @@ class FracBits:
 
   State: ``params = {"lambda": (), or (channels,), **base params}`` (PACT's ``alpha`` keeps
   its name, so a fixed-bit model built from the allocation can take it over), ``stats`` the
-  base's.
+  base's; the core keeps it at ``params["compressjax"][<site name>]["weight" | "input"]``.
+  A search model has no integer export: :func:`harden` it, build the fixed-bit model from the
+  allocation (``rules_from_json``) and export that.
 
   Attributes:
     base: the quantizer interpolated; its ``bits`` field is ignored.
     min_bits, max_bits: the clamp of ``lambda`` (0 means the operand may be zeroed).
     init_bits: initial ``lambda`` (FracBits: target + 0.5).
-    channels: one ``lambda`` per output channel (last axis; "kernel-wise", weights only).
+    channels: one ``lambda`` per output feature of the op (the ``N`` of the weight view
+      ``(*contracting, N)``; "kernel-wise", weights only).
   """
 
   base: Quantizer
@@ -103,6 +105,15 @@ class FracBits:
   def fake(self, x: Array, params: State, stats: State) -> Array:
     bits = self.clamp(params[LAMBDA])
     return mix(self.base, x, _base(params), stats, bits, self.min_bits, self.max_bits)
+
+
+  def export(self, x: Array, params: State, stats: State):
+    """Refused: fractional (or per-channel) bit-widths have no integer form."""
+    what = "kernel-wise FracBits (one bit-width per output channel)" if self.channels else "FracBits"
+    raise ValueError(
+        f"{what} has no integer export: its bit-widths are fractional search variables. Harden "
+        "the search (compressjax.mixed.fracbits.harden), build the fixed-bit model from the "
+        "allocation (report.rules_from_json), fine-tune and export that model")
 
 
 def _base(params: State) -> State:
@@ -143,21 +154,50 @@ def fracbits(
 
 
 
-def _kernel_sites(params: Any, prefix: tuple[str, ...] = ()) -> list[str]:
-  """Module paths of ``params`` that hold a ``kernel`` (the sites of a Linen model)."""
-  out = [path_str(prefix)] if "kernel" in params else []
-  for k, v in params.items():
-    if isinstance(v, dict):
-      out += _kernel_sites(v, (*prefix, k))
+class _Target:
+  """A weight site by name, for rule matching (profile sites all read a parameter)."""
+
+  has_weight = True
+  weight_index = 1
+
+  def __init__(self, name: str):
+    self.name = name
+
+
+def _rule(model: nn.Module, path: str):
+  return model.compression.rule_for(_Target(path))
+
+
+def _state_sites(tree: Any, prefix: tuple[str, ...] = ()) -> list[str]:
+  """Site names that hold transform state in ``params["compressjax"]``."""
+  if not isinstance(tree, dict):
+    return []
+  if tree and set(tree) <= {"weight", "input"}:
+    return ["/".join(prefix)]
+  out = []
+  for k, v in tree.items():
+    out += _state_sites(v, (*prefix, k))
   return out
 
 
-def _operand_bits(t: Any, node: dict | None, prefix: str, at_min: bool) -> Any:
+def _site_state(params: Any, path: str) -> dict:
+  """``{"weight": ..., "input": ...}`` of site ``path`` (empty when it has no state)."""
+  node = None if params is None else get_path(params.get(SITE_PARAMS, {}), path)
+  return node if isinstance(node, dict) else {}
+
+
+def _operand_bits(t: Any, state: dict | None, at_min: bool, path: str, operand: str) -> Any:
   """Bits of one operand: FracBits from its lambda (or its min), fixed quantizers their bits."""
   if t is None:
     return None
   if isinstance(t, FracBits):
-    return t.min_bits if at_min else t.clamp(node[prefix + LAMBDA])
+    if at_min:
+      return t.min_bits
+    if state is None or LAMBDA not in state:
+      raise ValueError(f"site {path!r}: no FracBits lambda for its {operand} in the params "
+                       f"(params['{SITE_PARAMS}'][...]['{operand}']['{LAMBDA}']); initialise the "
+                       "search model (fracbits.init_from_float or init_from)")
+    return t.clamp(state[LAMBDA])
   if isinstance(t, ChannelBits):
     return np.asarray(t.bits, np.float32)
   if isinstance(t, Switchable):
@@ -169,22 +209,23 @@ def _operand_bits(t: Any, node: dict | None, prefix: str, at_min: bool) -> Any:
 
 
 def site_bits(model: nn.Module, params: Any, profile: Profile, *, at_min: bool = False) -> tuple[dict, dict]:
-  """Per-site ``(w_bits, a_bits)`` of a compressed model (``None``: float operand).
+  """Per-site ``(w_bits, a_bits)`` of a compressed model (``None``: float operand), by site name.
 
   FracBits operands give their clamped lambdas (jnp, differentiable), or their ``min_bits``
-  with ``at_min``. Raises ValueError if a layer of ``params`` has no entry in ``profile``.
+  with ``at_min``. Raises ValueError if a site with state in ``params`` has no entry in
+  ``profile``.
   """
   spec = getattr(model, "compression", None)
   if spec is None:
     raise TypeError(f"{type(model).__name__} is not a compressed model (use fracbits() first)")
   if params is not None:
-    check_profile(profile, _kernel_sites(params))
+    check_profile(profile, _state_sites(params.get(SITE_PARAMS, {})))
   w_bits, a_bits = {}, {}
   for path in profile.paths:
-    rule = spec.rule_for(path)
-    node = None if params is None else node_at(params, path)
-    w_bits[path] = _operand_bits(rule and rule.weight, node, WEIGHT_PREFIX, at_min)
-    a_bits[path] = _operand_bits(rule and rule.act, node, INPUT_PREFIX, at_min)
+    rule = _rule(model, path)
+    state = _site_state(params, path)
+    w_bits[path] = _operand_bits(rule and rule.weight, state.get("weight"), at_min, path, "weight")
+    a_bits[path] = _operand_bits(rule and rule.act, state.get("input"), at_min, path, "input")
   return w_bits, a_bits
 
 
@@ -205,16 +246,14 @@ def clamp_lambdas(model: nn.Module, params: Any) -> Any:
   Run after each optimizer step: the forward pass clamps too, but a lambda left outside the
   range would get no gradient back into it.
   """
-  spec = model.compression
-
   def project(path, leaf):
-    keys = [str(getattr(k, "key", k)) for k in path]
-    name, site = keys[-1], "/".join(keys[:-1])
-    for prefix, operand in ((WEIGHT_PREFIX, "weight"), (INPUT_PREFIX, "act")):
-      if name == prefix + LAMBDA:
-        t = getattr(spec.rule_for(site), operand)
-        return t.clamp(leaf) if isinstance(t, FracBits) else leaf
-    return leaf
+    keys = [key_name(k) for k in path]
+    if len(keys) < 4 or keys[0] != SITE_PARAMS or keys[-1] != LAMBDA:
+      return leaf
+    site, operand = "/".join(keys[1:-2]), keys[-2]
+    rule = _rule(model, site)
+    t = None if rule is None else rule.weight if operand == "weight" else rule.act
+    return t.clamp(leaf) if isinstance(t, FracBits) else leaf
 
   return jax.tree_util.tree_map_with_path(project, params)
 
@@ -233,11 +272,11 @@ class _Unit:
 def _units(model: nn.Module, params: Any, profile: Profile) -> list[_Unit]:
   out = []
   for path in profile.paths:
-    rule = model.compression.rule_for(path)
-    for operand, t, prefix in (("w", rule and rule.weight, WEIGHT_PREFIX),
-                               ("a", rule and rule.act, INPUT_PREFIX)):
+    rule = _rule(model, path)
+    state = _site_state(params, path)
+    for operand, t, key in (("w", rule and rule.weight, "weight"), ("a", rule and rule.act, "input")):
       if isinstance(t, FracBits):
-        lam = np.asarray(t.clamp(node_at(params, path)[prefix + LAMBDA]), np.float64)
+        lam = np.asarray(t.clamp(state[key][LAMBDA]), np.float64)
         out.append(_Unit(path, operand, t.min_bits, t.max_bits, lam))
   return out
 

@@ -28,14 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from compressjax.core.compress import INPUT_PREFIX, compress, init_from
+from compressjax.core.compress import SITE_PARAMS, compress, init_from, weight_view
 from compressjax.core.matching import first_match
 from compressjax.core.rule import Rule
 from compressjax.core.sites import discover
+from compressjax.core.tree_paths import get_path, set_path
 from compressjax.cost import Profile
 from compressjax.mixed.budget import Budget, check_profile
-from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, node_at, quantizers,
-                                      site_inputs)
+from compressjax.mixed.common import DEFAULT_METHOD, Method, edge_rules, quantizers, site_inputs
 from compressjax.mixed.report import BitAllocation
 
 Array = jax.Array
@@ -96,6 +96,14 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _param_of(sites: dict, name: str) -> str:
+  site = sites.get(name)
+  if site is None or not site.has_weight:
+    raise ValueError(f"site_traces: {name!r} is not a weight site of the model; weight sites "
+                     f"are: {', '.join(n for n, s in sites.items() if s.has_weight)}")
+  return site.param
+
+
 def site_traces(
     model: nn.Module,
     variables: dict,
@@ -108,20 +116,29 @@ def site_traces(
     num_samples: int = 32,
     loss_fn: Callable[[Array, Array], Array] = cross_entropy,
 ) -> dict[str, dict[str, float]]:
-  """Average Hessian traces ``Tr(H)/n`` of the eval-mode loss on ``(x, y)`` w.r.t. the kernels
-  of the ``weights`` sites and the inputs of the ``inputs`` sites: ``{path: {"w": .., "a": ..}}``.
+  """Average Hessian traces ``Tr(H)/n`` of the eval-mode loss on ``(x, y)`` w.r.t. the weight
+  parameter of each site in ``weights`` and the activation operand of each site in ``inputs``
+  (site names, ``"conv1/kernel"``): ``{site name: {"w": .., "a": ..}}``.
   """
+  sites = {s.name: s for s in discover(model, x, train=False)}
+  params_of = {n: _param_of(sites, n) for n in [*weights, *inputs]}
   perturbed = compress(model, [Rule(pattern=f"^{re.escape(p)}$", act=_Perturb()) for p in inputs])
   full = jax.jit(lambda v, x: init_from(perturbed, v, x, train=False))(variables, x)
-  names = {"w": "kernel", "a": INPUT_PREFIX + "delta"}
-  target = {"w": {p: node_at(full["params"], p)["kernel"] for p in weights},
-            "a": {p: node_at(full["params"], p)[names["a"]] for p in inputs}}
+  where = {"w": {n: ("", params_of[n]) for n in weights},
+           "a": {n: (SITE_PARAMS, f"{n}/input/delta") for n in inputs}}
+  at = lambda params, root, path: get_path(params[root] if root else params, path)
+  target = {o: {n: at(full["params"], *w) for n, w in ws.items()} for o, ws in where.items()}
 
   def loss(t, variables, x, y):
-    params = jax.tree.map(lambda v: v, variables["params"])  # fresh dicts, safe to write into
+    params = dict(variables["params"])
     for operand, values in t.items():
-      for p, value in values.items():
-        node_at(params, p)[names[operand]] = value
+      for n, value in values.items():
+        root, path = where[operand][n]
+        if root:
+          params[root] = dict(params[root])
+          set_path(params[root], path, value)
+        else:
+          set_path(params, path, value)
     logits = perturbed.apply({**variables, "params": params}, x, train=False)
     return loss_fn(logits, y)
 
@@ -133,13 +150,21 @@ def site_traces(
   return out
 
 
-
 def _weight_noise(q, w: Array) -> float:
   """``min_s ||w - s Q(w)||^2``: quantization noise of a scale-free weight grid."""
   p, s = q.init(w)
   qw = q.fake(w, p, s)
   scale = jnp.vdot(w, qw) / jnp.maximum(jnp.vdot(qw, qw), 1e-12)
   return float(jnp.sum((w - scale * qw) ** 2))
+
+
+def _weight_operand(site, params: dict) -> Array:
+  """The site's weight as its quantizer sees it, ``(*contracting, N)`` (stacked sites: the
+  parameter as stored)."""
+  w = get_path(params, site.param)
+  if site.stack or tuple(w.shape) != tuple(site.shapes[site.weight_index]):
+    return w
+  return weight_view(site)[0](w)
 
 
 def _act_noise(q, a: Array, alpha: float) -> float:
@@ -178,9 +203,10 @@ def hawq_allocation(
   """
   if not 0 < min_bits < max_bits:
     raise ValueError(f"hawq_allocation: min_bits={min_bits}, max_bits={max_bits}; use 0 < min < max")
-  sites = discover(model, x)
-  check_profile(profile, [s.path for s in sites])
+  sites = [s for s in discover(model, x, train=False) if s.has_weight]
+  check_profile(profile, [s.name for s in sites])
   fixed_w, fixed_a, units = _layout(sites, method, edge_bits)
+  by_name = {s.name: s for s in sites}
 
   def assignment(bits: dict) -> tuple[dict, dict]:
     w, a = dict(fixed_w), dict(fixed_a)
@@ -201,14 +227,14 @@ def hawq_allocation(
     for b in range(min_bits, max_bits + 1):
       wq, aq = quantizers(method, b, b)
       if o == "w":
-        noise = _weight_noise(wq, node_at(variables["params"], p)["kernel"])
+        noise = _weight_noise(wq, _weight_operand(by_name[p], variables["params"]))
       else:
         noise = _act_noise(aq, acts[p], float(np.percentile(np.asarray(acts[p]), alpha_percentile)))
       omega[(p, o, b)] = sens * noise
   bits = _greedy(units, omega, cost, budget.target, min_bits, max_bits)
   w, a = assignment(bits)
   final = cost(bits)
-  ordered = [s.path for s in sites]
+  ordered = [s.name for s in sites]
   return BitAllocation.create(
       {p: w[p] for p in ordered}, {p: a[p] for p in ordered}, method="hawq",
       meta={"budget_kind": budget.kind, "target": budget.target, "cost": final,
@@ -221,12 +247,12 @@ def _layout(sites, method: Method, edge_bits: int) -> tuple[dict, dict, list[tup
   fixed_w, fixed_a, units = {}, {}, []
   layout = edge_rules(sites, _SEARCH, _SEARCH, method=method, edge_bits=edge_bits)
   for site in sites:
-    rule = first_match(layout, site.path)[1]
+    rule = first_match(layout, site)[1]
     for operand, t, fixed in (("w", rule.weight, fixed_w), ("a", rule.act, fixed_a)):
       if t is _SEARCH:
-        units.append((site.path, operand))
+        units.append((site.name, operand))
       else:
-        fixed[site.path] = None if t is None else t.bits
+        fixed[site.name] = None if t is None else t.bits
   return fixed_w, fixed_a, units
 
 

@@ -1,11 +1,12 @@
 """Per-layer bit allocations: the JSON format, its rules, a text table and a plot.
 
 A :class:`BitAllocation` (written by FracBits' :func:`~compressjax.mixed.fracbits.harden` and
-:func:`~compressjax.mixed.hawq.hawq_allocation`) maps each site path to its weight and input
+:func:`~compressjax.mixed.hawq.hawq_allocation`) maps each site name (``"conv1/kernel"``) to its weight and input
 bits (``None``: float; a list: one weight bit-width per output channel). Saved as JSON::
 
     {"format": "compressjax.bit_allocation/1", "method": "fracbits",
-     "layers": [{"path": "conv1", "pattern": "^conv1$", "w_bits": 3, "a_bits": 4}, ...],
+     "layers": [{"path": "conv1/kernel", "pattern": "^conv1/kernel$", "w_bits": 3,
+                 "a_bits": 4}, ...],
      "meta": {...}}
 
 :func:`rules_from_json` turns it into the :class:`~compressjax.core.Rule` list that

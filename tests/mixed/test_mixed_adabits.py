@@ -33,11 +33,13 @@ def test_switchable_creates_every_state_and_runs_the_active_one():
   x = jnp.linspace(-1.0, 3.0, 41)
   s = ab.Switchable((PACT(bits=8, alpha_init=2.0), PACT(bits=2, alpha_init=2.0)), active=2)
   params, stats = s.init(x)
-  assert set(params) == {"alpha_b8", "alpha_b2"} and stats == {}
-  params = {"alpha_b8": jnp.float32(2.0), "alpha_b2": jnp.float32(1.5)}
-  np.testing.assert_array_equal(s.fake(x, params, {}), PACT(bits=2).fake(x, {"alpha": 1.5}, {}))
-  np.testing.assert_array_equal(s.at(8).fake(x, params, {}), PACT(bits=8).fake(x, {"alpha": 2.0}, {}))
-  assert len(np.unique(np.asarray(s.fake(x, params, {})))) == 4
+  assert params == {"8": {"alpha": 2.0}, "2": {"alpha": 2.0}} and stats == {"8": {}, "2": {}}
+  assert (s.bits, s.bits_list) == (2, (8, 2))
+  params = {"8": {"alpha": jnp.float32(2.0)}, "2": {"alpha": jnp.float32(1.5)}}
+  np.testing.assert_array_equal(s.fake(x, params, stats), PACT(bits=2).fake(x, {"alpha": 1.5}, {}))
+  np.testing.assert_array_equal(s.at(8).fake(x, params, stats),
+                                PACT(bits=8).fake(x, {"alpha": 2.0}, {}))
+  assert len(np.unique(np.asarray(s.fake(x, params, stats)))) == 4
 
 
 def test_float_batchnorm_is_copied_into_every_switch_and_weights_are_shared(setup):
@@ -46,7 +48,10 @@ def test_float_batchnorm_is_copied_into_every_switch_and_weights_are_shared(setu
     for name, leaf in float_vars[col]["bn1"].items():
       for b in BITS:
         np.testing.assert_array_equal(v[col]["bn1"][f"{name}_b{b}"], leaf)
-  assert set(v["params"]["conv1"]) == {"kernel", "input_alpha_b8", "input_alpha_b4", "input_alpha_b2"}
+  assert set(v["params"]["conv1"]) == {"kernel"}  # the user's tree is untouched
+  state = v["params"]["compressjax"]["conv1"]["kernel"]
+  assert set(state["input"]) == {"8", "4", "2"}  # one PACT clip level per bit-width
+  assert all(set(state["input"][str(b)]) == {"alpha"} for b in BITS)
   np.testing.assert_array_equal(v["params"]["conv1"]["kernel"], float_vars["params"]["conv1"]["kernel"])
 
 
@@ -83,8 +88,8 @@ def test_joint_step_sums_losses_and_updates_every_switch(setup):
     assert not np.array_equal(new.model_state["batch_stats"]["bn0"][f"mean_b{b}"],
                               v["batch_stats"]["bn0"][f"mean_b{b}"])
     assert not np.array_equal(new.params["bn1"][f"scale_b{b}"], params["bn1"][f"scale_b{b}"])
-    assert not np.array_equal(new.params["hidden"][f"input_alpha_b{b}"],
-                              params["hidden"][f"input_alpha_b{b}"])
+    alpha = lambda p: p["compressjax"]["hidden"]["kernel"]["input"][str(b)]["alpha"]
+    assert not np.array_equal(alpha(new.params), alpha(params))
 
 
 def test_direct_adaptation_copies_a_switch_and_recalibration_moves_only_it(setup):
@@ -95,6 +100,8 @@ def test_direct_adaptation_copies_a_switch_and_recalibration_moves_only_it(setup
   v82 = ab.copy_switch(v8, 8, 2)
   assert jax.tree.structure(v82) == jax.tree.structure(ab.init_from_float(m82, float_vars, x))
   np.testing.assert_array_equal(v82["params"]["bn0"]["scale_b2"], v8["params"]["bn0"]["scale_b8"])
+  hidden = lambda v: v["params"]["compressjax"]["hidden"]["kernel"]["input"]
+  np.testing.assert_array_equal(hidden(v82)["2"]["alpha"], hidden(v8)["8"]["alpha"])
   rec = ab.recalibrate_bn(ab.at_bits(m82, 2), v82, [x] * 3)
   bn = rec["batch_stats"]["bn1"]
   np.testing.assert_array_equal(bn["mean_b8"], v82["batch_stats"]["bn1"]["mean_b8"])

@@ -27,11 +27,20 @@ def setup():
   return model, x, y, profile, fm, fb.init_from_float(fm, float_vars, x)
 
 
+def _lam(params, site, operand="weight"):
+  """The FracBits lambda of a site's operand in the core's nested state layout."""
+  return params["compressjax"][site]["kernel"][operand]["lambda"]
+
+
+def _set_lam(params, site, operand, value):
+  params["compressjax"][site]["kernel"][operand]["lambda"] = value
+
+
 def _uniform3_budget(model, x, profile):
   """The BitOPs of uniform 3-bit SAT with 8-bit edges, from the same rule layout."""
   um = compress(model, mr.rules_from_json(mr.BitAllocation.create(
-      {"conv0": 8, "conv1": 3, "hidden": 3, "head": 8},
-      {"conv0": None, "conv1": 3, "hidden": 3, "head": 8})))
+      {"conv0/kernel": 8, "conv1/kernel": 3, "hidden/kernel": 3, "head/kernel": 8},
+      {"conv0/kernel": None, "conv1/kernel": 3, "hidden/kernel": 3, "head/kernel": 8})))
   return fb.Budget(target=fb.search_cost(um, None, profile, fb.Budget(target=1.0)))
 
 
@@ -80,24 +89,24 @@ def test_bits_move_under_the_penalty_and_the_hardened_cost_is_within_one_percent
   step = make_search_step(fm, opt, profile, budget, params)
   for _ in range(15):
     state, metrics = step(state, {"image": x, "label": y})
-  moved = np.abs(np.asarray(state.params["conv1"]["kernel_lambda"]) - 3.5)
+  moved = np.abs(np.asarray(_lam(state.params, "conv1")) - 3.5)
   assert moved.max() > 0.3
   assert abs(float(metrics["cost"]) / budget.target - 1) < abs(start / budget.target - 1) / 2
   alloc = fb.harden(fm, state.params, profile, budget)
   assert alloc.meta["relative_error"] <= 0 and abs(alloc.meta["relative_error"]) <= 0.01
   np.testing.assert_allclose(alloc.cost(profile, budget), alloc.meta["cost"])
-  assert isinstance(alloc.w_bits["conv1"], list) and len(alloc.w_bits["conv1"]) == 8
-  assert alloc.w_bits["conv0"] == 8 and alloc.a_bits["conv0"] is None and alloc.w_bits["head"] == 8
+  assert isinstance(alloc.w_bits["conv1/kernel"], list) and len(alloc.w_bits["conv1/kernel"]) == 8
+  assert alloc.w_bits["conv0/kernel"] == 8 and alloc.a_bits["conv0/kernel"] is None
+  assert alloc.w_bits["head/kernel"] == 8
   # The JSON round trip gives rules; at the hardened bits they compute what the search model
   # computes with its lambdas set to those integers.
   path = str(tmp_path / "alloc.json")
   alloc.save(path)
   fixed = compress(model, mr.rules_from_json(path))
   hard = jax.tree.map(lambda a: a, state.params)
-  hard["conv1"]["kernel_lambda"] = jnp.asarray(alloc.w_bits["conv1"], jnp.float32)
-  hard["hidden"]["kernel_lambda"] = jnp.asarray(alloc.w_bits["hidden"], jnp.float32)
   for p in ("conv1", "hidden"):
-    hard[p]["input_lambda"] = jnp.float32(alloc.a_bits[p])
+    _set_lam(hard, p, "weight", jnp.asarray(alloc.w_bits[f"{p}/kernel"], jnp.float32))
+    _set_lam(hard, p, "input", jnp.float32(alloc.a_bits[f"{p}/kernel"]))
   fixed_vars = {**state.model_state, "params": state.params}
   out_fixed = jax.jit(fixed.apply)(fixed_vars, x)
   out_search = jax.jit(fm.apply)({**state.model_state, "params": hard}, x)
@@ -108,24 +117,24 @@ def test_harden_fills_bits_back_when_rounding_lands_far_under_the_budget(setup):
   model, x, _, profile, fm, v = setup
   budget = _uniform3_budget(model, x, profile)
   params = jax.tree.map(lambda a: a, v["params"])
-  params["conv1"]["input_lambda"] = jnp.float32(2.0)  # 6.8% of the budget below uniform 3-bit
+  _set_lam(params, "conv1", "input", jnp.float32(2.0))  # 6.8% of the budget below uniform 3-bit
   for p in ("conv1", "hidden"):
-    params[p]["kernel_lambda"] = jnp.full_like(params[p]["kernel_lambda"], 3.0)
-  params["hidden"]["input_lambda"] = jnp.float32(3.0)
+    _set_lam(params, p, "weight", jnp.full_like(_lam(params, p), 3.0))
+  _set_lam(params, "hidden", "input", jnp.float32(3.0))
   alloc = fb.harden(fm, params, profile, budget)
   assert alloc.meta["greedy_fill_bits"] > 0
   assert -0.01 <= alloc.meta["relative_error"] <= 0
-  assert alloc.a_bits["conv1"] == 2 and max(alloc.w_bits["conv1"]) > 3
+  assert alloc.a_bits["conv1/kernel"] == 2 and max(alloc.w_bits["conv1/kernel"]) > 3
 
 
 def test_clamp_lambdas_projects_onto_the_allowed_range(setup):
   *_, fm, v = setup
   params = jax.tree.map(lambda a: a, v["params"])
-  params["conv1"]["kernel_lambda"] = jnp.full((8,), 11.0)
-  params["hidden"]["input_lambda"] = jnp.float32(-3.0)
+  _set_lam(params, "conv1", "weight", jnp.full((8,), 11.0))
+  _set_lam(params, "hidden", "input", jnp.float32(-3.0))
   out = fb.clamp_lambdas(fm, params)
-  np.testing.assert_array_equal(out["conv1"]["kernel_lambda"], 4.0)
-  assert float(out["hidden"]["input_lambda"]) == 2.0
+  np.testing.assert_array_equal(_lam(out, "conv1"), 4.0)
+  assert float(_lam(out, "hidden", "input")) == 2.0
   np.testing.assert_array_equal(out["conv1"]["kernel"], params["conv1"]["kernel"])
 
 
@@ -136,7 +145,7 @@ def test_budget_below_reach_and_unprofiled_layers_are_refused(setup):
   with pytest.raises(ValueError, match="below"):
     fb.harden(fm, v["params"], profile, fb.Budget(target=1000.0))
   other = cost.profile(MLP(num_classes=10), x)
-  with pytest.raises(ValueError, match=r"layers \['conv0', 'conv1', 'hidden'\] have no entry"):
+  with pytest.raises(ValueError, match=r"layers \[.*'conv1/kernel', 'hidden/kernel'\] have no entry"):
     fb.search_cost(fm, v["params"], other, fb.Budget(target=1e6))
 
 
@@ -151,3 +160,15 @@ def test_bad_configuration_is_refused():
     fb.Budget(target=1.0, kind="flops")
   with pytest.raises(ValueError, match="target=0"):
     fb.Budget(target=0)
+
+
+def test_search_state_layout_and_export_is_refused_naming_the_site(setup):
+  model, x, _, _, fm, v = setup
+  state = v["params"]["compressjax"]
+  assert "compressjax" in v["params"] and set(v["params"]["conv1"]) == {"kernel"}
+  assert state["conv1"]["kernel"]["weight"]["lambda"].shape == (8,)  # kernel-wise: one per channel
+  assert state["hidden"]["kernel"]["input"]["lambda"].shape == ()
+  assert "alpha" in state["hidden"]["kernel"]["input"]  # PACT's clip level beside its lambda
+  from compressjax import export  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"site 'conv1/kernel'.*kernel-wise FracBits .* no integer export"):
+    export(fm, v, x)

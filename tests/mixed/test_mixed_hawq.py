@@ -53,8 +53,8 @@ def setup():
 
 def test_site_traces_match_the_exact_hessian_traces(setup):
   model, x, y, variables, _ = setup
-  traces = hawq.site_traces(model, variables, x, y, jax.random.key(3), weights=["dense1"],
-                            inputs=["dense2"], num_samples=100)
+  traces = hawq.site_traces(model, variables, x, y, jax.random.key(3), weights=["dense1/kernel"],
+                            inputs=["dense2/kernel"], num_samples=100)
   params = variables["params"]
 
   def loss_of_kernel(k):
@@ -63,7 +63,7 @@ def test_site_traces_match_the_exact_hessian_traces(setup):
 
   k = params["dense1"]["kernel"]
   h = jax.jit(jax.hessian(loss_of_kernel))(k).reshape(k.size, k.size)
-  np.testing.assert_allclose(traces["dense1"]["w"], np.trace(h) / k.size, rtol=0.1)
+  np.testing.assert_allclose(traces["dense1/kernel"]["w"], np.trace(h) / k.size, rtol=0.1)
   inputs = jax.jit(lambda v, x: site_inputs(model, v, x))(variables, x)
 
   def loss_of_input(delta):
@@ -75,22 +75,22 @@ def test_site_traces_match_the_exact_hessian_traces(setup):
     with nn.intercept_methods(add):
       return cross_entropy(model.apply(variables, x), y)
 
-  d = jnp.zeros_like(inputs["dense2"])
+  d = jnp.zeros_like(inputs["dense2/kernel"])
   h = jax.jit(jax.hessian(loss_of_input))(d).reshape(d.size, d.size)
-  np.testing.assert_allclose(traces["dense2"]["a"], np.trace(h) / d.size, rtol=0.1)
+  np.testing.assert_allclose(traces["dense2/kernel"]["a"], np.trace(h) / d.size, rtol=0.1)
 
 
 def test_allocation_meets_the_budget_and_respects_the_edges(setup):
   model, x, y, variables, profile = setup
   uniform = BitAllocation.uniform(profile.paths, 3)
   budget = Budget(target=uniform.cost(profile, Budget(target=1.0)))
-  searched = ("dense1", "dense2")
+  searched = ("dense1/kernel", "dense2/kernel")
   traces = {p: {"w": 1.0, "a": 0.5} for p in searched}  # given: skips the Hessian
   alloc = hawq.hawq_allocation(model, variables, x, y, profile, budget, key=jax.random.key(2),
                                max_bits=6, traces=traces)
   assert alloc.method == "hawq" and alloc.paths == profile.paths
-  assert alloc.w_bits["dense0"] == 8 and alloc.a_bits["dense0"] is None
-  assert alloc.w_bits["head"] == 8 and alloc.a_bits["head"] == 8
+  assert alloc.w_bits["dense0/kernel"] == 8 and alloc.a_bits["dense0/kernel"] is None
+  assert alloc.w_bits["head/kernel"] == 8 and alloc.a_bits["head/kernel"] == 8
   assert all(2 <= alloc.w_bits[p] <= 6 and 2 <= alloc.a_bits[p] <= 6 for p in searched)
   c = alloc.cost(profile, budget)
   assert c <= budget.target and c == alloc.meta["cost"] and alloc.meta["avg_hessian_trace"] == traces
@@ -103,8 +103,8 @@ def test_allocation_meets_the_budget_and_respects_the_edges(setup):
         assert budget.cost(profile, *trial) > budget.target
   # More sensitive weights (100x the trace) get at least as many bits.
   sens = hawq.hawq_allocation(model, variables, x, y, profile, budget, key=jax.random.key(2),
-                              max_bits=6, traces={**traces, "dense2": {"w": 100.0, "a": 0.5}})
-  assert sens.w_bits["dense2"] >= alloc.w_bits["dense2"]
+                              max_bits=6, traces={**traces, "dense2/kernel": {"w": 100.0, "a": 0.5}})
+  assert sens.w_bits["dense2/kernel"] >= alloc.w_bits["dense2/kernel"]
   assert sens.cost(profile, budget) <= budget.target
 
 
@@ -114,5 +114,6 @@ def test_unreachable_budget_and_unprofiled_layers_are_refused(setup):
     hawq.hawq_allocation(model, variables, x, y, profile, Budget(target=10.0),
                          key=jax.random.key(0), num_samples=1)
   other = cost.profile(CNN(widths=(2, 2), hidden=4), jnp.zeros((1, 8, 8, 1)))
-  with pytest.raises(ValueError, match=r"layers \['dense0', 'dense1', 'dense2'\] have no entry"):
+  with pytest.raises(ValueError,
+                     match=r"layers \['dense0/kernel', 'dense1/kernel', 'dense2/kernel'\] have no entry"):
     hawq.hawq_allocation(model, variables, x, y, other, Budget(target=1e9), key=jax.random.key(0))

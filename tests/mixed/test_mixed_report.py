@@ -13,8 +13,8 @@ from compressjax.mixed.interp import ChannelBits
 from compressjax.models import CNN
 from compressjax.quant import SAT
 
-W = {"conv0": 8, "conv1": [2, 3, 3, 4], "hidden": 3, "head": 8}
-A = {"conv0": None, "conv1": 4, "hidden": 3, "head": 8}
+W = {"conv0/kernel": 8, "conv1/kernel": [2, 3, 3, 4], "hidden/kernel": 3, "head/kernel": 8}
+A = {"conv0/kernel": None, "conv1/kernel": 4, "hidden/kernel": 3, "head/kernel": 8}
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,16 @@ def profile():
 
 
 def test_json_round_trip_and_rules(tmp_path):
-  alloc = mr.BitAllocation.create({**W, "hidden": np.int64(3)}, A, method="fracbits", meta={"k": 1})
+  alloc = mr.BitAllocation.create({**W, "hidden/kernel": np.int64(3)}, A, method="fracbits", meta={"k": 1})
   path = str(tmp_path / "a" / "alloc.json")
   alloc.save(path)
   raw = json.load(open(path))
   assert raw["format"] == mr.FORMAT and raw["layers"][1] == {
-      "path": "conv1", "pattern": "^conv1$", "w_bits": [2, 3, 3, 4], "a_bits": 4}
+      "path": "conv1/kernel", "pattern": "^conv1/kernel$", "w_bits": [2, 3, 3, 4], "a_bits": 4}
   assert mr.BitAllocation.load(path) == alloc
   rules = mr.rules_from_json(path, method="sat")
-  assert [r.pattern for r in rules] == ["^conv0$", "^conv1$", "^hidden$", "^head$"]
+  assert [r.pattern for r in rules] == ["^conv0/kernel$", "^conv1/kernel$", "^hidden/kernel$",
+                                        "^head/kernel$"]
   assert rules[0].weight == SAT(bits=8) and rules[0].act is None
   assert isinstance(rules[1].weight, ChannelBits) and rules[1].weight.bits == (2, 3, 3, 4)
   assert rules[1].act == SAT(bits=4, kind="activation")
@@ -45,8 +46,8 @@ def test_cost_table_and_report_agree_with_the_cost_model(profile):
   alloc = mr.BitAllocation.create(W, A, method="fracbits")
   budget = Budget(target=1e5)
   s = {x.path: x for x in profile.sites}
-  expected = (s["conv0"].macs * 8 * 8 + s["conv1"].macs * 3 * 4 + s["hidden"].macs * 3 * 3
-              + s["head"].macs * 8 * 8)
+  expected = (s["conv0/kernel"].macs * 8 * 8 + s["conv1/kernel"].macs * 3 * 4
+              + s["hidden/kernel"].macs * 3 * 3 + s["head/kernel"].macs * 8 * 8)
   assert alloc.cost(profile, budget) == pytest.approx(expected)
   text = mr.table({"fracbits": alloc, "uniform": alloc}, profile, budget)
   assert "3.00[2-4]/4" in text and "8/fp" in text and f"{expected:,.0f}" in text
@@ -64,9 +65,10 @@ def test_plot_writes_a_png(profile, tmp_path):
 
 
 def test_uniform_allocation_pins_the_edges():
-  u = mr.BitAllocation.uniform(["conv0", "conv1", "hidden", "head"], 3)
-  assert u.w_bits == {"conv0": 8, "conv1": 3, "hidden": 3, "head": 8}
-  assert u.a_bits == {"conv0": None, "conv1": 3, "hidden": 3, "head": 8}
+  u = mr.BitAllocation.uniform(["conv0/kernel", "conv1/kernel", "hidden/kernel", "head/kernel"], 3)
+  assert u.w_bits == {"conv0/kernel": 8, "conv1/kernel": 3, "hidden/kernel": 3, "head/kernel": 8}
+  assert u.a_bits == {"conv0/kernel": None, "conv1/kernel": 3, "hidden/kernel": 3,
+                      "head/kernel": 8}
 
 
 def test_bad_allocations_are_refused():
