@@ -13,6 +13,7 @@ import only Flax).
 from compressjax.models import channels  # registers the zoo with channel pruning
 from compressjax.models.cnn import CNN
 from compressjax.models.layers import ConvBN
+from compressjax.models.lm import LM
 from compressjax.models.mlp import MLP
 from compressjax.models.mobilenet_v2 import BlockSpec, InvertedResidual, MobileNetV2, make_divisible
 from compressjax.models.registry import get_model, model_names
@@ -27,6 +28,7 @@ __all__ = [
     "ConvBN",
     "EncoderBlock",
     "InvertedResidual",
+    "LM",
     "MlpBlock",
     "MobileNetV2",
     "ResNet",
