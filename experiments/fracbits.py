@@ -76,7 +76,7 @@ def run_seed(seed: int, epochs: int, float_epochs: int, hawq_samples: int, out_d
   t0 = time.time()
   f = train_float(seed, float_epochs)
   profile = cost.profile(f.model, f.example[:1])
-  paths = [s.path for s in discover(f.model, f.example)]
+  paths = [s.name for s in discover(f.model, f.example) if s.has_weight]
   uniform = mr.BitAllocation.uniform(paths, 3)
   budgets = {kind: fb.Budget(target=uniform.cost(profile, fb.Budget(1.0, kind=kind)), kind=kind)
              for kind in ("bitops", "size")}

@@ -146,11 +146,11 @@ assert after[8] > 0.8 and after[2] > 0.6 and all(after[b] > before[b] for b in B
 
 # %%
 profile = cost.profile(model, example[:1])
-paths = [s.path for s in discover(model, example)]
+paths = [s.name for s in discover(model, example) if s.has_weight]  # "conv1/kernel", ...
 uniform3 = mr.BitAllocation.uniform(paths, 3)
 budget = fb.Budget(target=uniform3.cost(profile, fb.Budget(target=1.0)))
 for s in profile.sites:
-  print(f"{s.path:7s} {s.kind:6s} MACs {s.macs:>8,.0f}  params {s.params:>6,}")
+  print(f"{s.path:14s} {s.kind:20s} MACs {s.macs:>8,.0f}  params {s.params:>6,}")
 float_bitops = profile.bitops(32, 32)
 print(f"budget: {budget.target:,.0f} BitOPs per example "
       f"({float_bitops / budget.target:.0f}x less than float)")
@@ -165,7 +165,9 @@ print(f"budget: {budget.target:,.0f} BitOPs per example "
 # %%
 fm = fb.fracbits(model, example, target_bits=3, min_bits=2, max_bits=6, kernel_wise=True)
 variables = fb.init_from_float(fm, float_vars, example)
-print({k: v.shape for k, v in variables["params"]["conv1"].items() if k.endswith("lambda")})
+# Transform state lives beside the user's params: params["compressjax"][<site>][operand].
+print({operand: st["lambda"].shape
+       for operand, st in variables["params"]["compressjax"]["conv1"]["kernel"].items()})
 
 is_lambda = lambda params: jax.tree_util.tree_map_with_path(
     lambda path, _: "bits" if str(path[-1].key).endswith("lambda") else "rest", params)
@@ -179,7 +181,7 @@ print(f"cost/target: {start_cost / budget.target:.3f} at the start -> "
       f"{float(metrics['cost']) / budget.target:.3f} after the search")
 for p in paths[1:-1]:
   w = np.asarray(w_bits[p])
-  print(f"  {p:7s} weight bits per channel: mean {w.mean():.2f} (min {w.min():.2f}, max "
+  print(f"  {p:14s} weight bits per channel: mean {w.mean():.2f} (min {w.min():.2f}, max "
         f"{w.max():.2f}); input bits {float(a_bits[p]):.2f}")
 assert abs(float(metrics["cost"]) / budget.target - 1) < abs(start_cost / budget.target - 1)
 
