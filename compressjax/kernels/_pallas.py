@@ -1,9 +1,9 @@
 """Plumbing shared by the Pallas kernels: block configs, padding, compiler params, input checks.
 
-The kernels are written once in the portable BlockSpec style. The grid is ``(M blocks, N blocks,
-K splits)`` and every program loops over its own range of K inside the kernel, because Triton runs
-all grid points in parallel (a grid axis cannot carry an accumulator there). Mosaic (TPU) gets the
-same kernel with all grid axes "parallel"; ``interpret=True`` runs it anywhere (CPU tests).
+GPU (Triton) kernels use the grid ``(M blocks, N blocks, K splits)`` and loop over their own K
+range inside the kernel, because Triton runs all grid points in parallel (a grid axis cannot
+carry an accumulator there). TPU (Mosaic) kernels put K on the grid as an "arbitrary" (sequential)
+axis and keep the accumulator in VMEM scratch. ``interpret=True`` runs either anywhere (CPU tests).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class BlockConfig:
       rows: one step covers ``8 // bits`` planes of ``block_k`` logical rows each. Rounded up to
       a multiple of the weight's group size.
     split_k: programs sharing one output tile along K (their f32 partial sums are added by XLA);
-      raises parallelism when ``M`` and ``N`` give too few programs (decode shapes).
+      raises parallelism when ``M`` and ``N`` give too few programs (decode shapes). Any value:
+      the last split takes the remaining K blocks (GPU kernels only).
     num_warps, num_stages: Triton launch parameters (ignored elsewhere; None = Triton default).
   """
 
@@ -81,19 +82,27 @@ def split_steps(blocks: int, split_k: int) -> tuple[int, int]:
   return cdiv(blocks, steps), steps
 
 
-def compiler_params(grid_rank: int, config: BlockConfig, platform: str | None = None) -> Any:
-  """Compiler params for ``platform`` (default: the current one): Triton on GPU, Mosaic on TPU."""
+def compiler_params(grid_rank: int, config: BlockConfig, platform: str | None = None,
+                    semantics: tuple[str, ...] | None = None) -> Any:
+  """Compiler params for ``platform`` (default: the current one): Triton on GPU, Mosaic on TPU.
+
+  ``semantics`` are Mosaic's per-axis dimension semantics (default: all "parallel").
+  """
   platform = platform or jax.default_backend()
   if platform in ("gpu", "cuda", "rocm") and _pltriton is not None:
     cls = getattr(_pltriton, "CompilerParams", None) or getattr(_pltriton, "TritonCompilerParams")
     return cls(num_warps=config.num_warps, num_stages=config.num_stages)
   if platform == "tpu" and _pltpu is not None:
     cls = getattr(_pltpu, "CompilerParams", None) or getattr(_pltpu, "TPUCompilerParams")
-    return cls(dimension_semantics=("parallel",) * grid_rank)
+    return cls(dimension_semantics=semantics or ("parallel",) * grid_rank)
   raise ValueError(
       f"Pallas kernels compile only on GPU or TPU, but the platform is {platform!r}; "
       "pass interpret=True (or backend='interpret' to the dispatcher) to run them here"
   )
+
+
+def is_gpu(platform: str | None) -> bool:
+  return (platform or jax.default_backend()) in ("gpu", "cuda", "rocm")
 
 
 def check_float(x: Array, name: str, where: str) -> None:

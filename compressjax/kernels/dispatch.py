@@ -1,18 +1,19 @@
 """One entry point for quantized matmuls, ``matmul(x, w)``, choosing Pallas or XLA.
 
-Heuristics when ``backend`` is None (see :func:`choose_backend`; untuned, no GPU/TPU measured yet):
+With ``backend=None`` the choice comes from a measured table (see ``tables``; written by
+``benchmarks/matmul_device.py`` on the device itself) and nothing else:
 
-* CPU (any platform but GPU/TPU): XLA always; Pallas would only run interpreted there.
-* GPU/TPU, weight-only (W8A16/W4A16/W2A16): the Pallas kernel when
-  ``M = prod(x.shape[:-1]) <= PALLAS_MAX_M[platform]``, the weight is stored in bytes (bits <= 8),
-  its group size suits the lowering (GPU: a power of two >= 16, so tiles are powers of two; TPU:
-  a multiple of 8 sublanes), and the tiles chosen by :func:`default_config` divide the weight
-  (otherwise the kernel would copy a padded weight on every call). Why M: at small M the matmul
-  is bound by reading the weight, which 2/4-bit storage cuts 4-8x against bf16; at large M it is
-  bound by FLOPs, where XLA's vendor dot wins and dequantizing once is amortised.
-* GPU/TPU, W8A8 (``act_bits=8``): the Pallas kernel under the same M and tiling rules, else
-  XLA's int8 ``dot_general`` (cuBLASLt / MXU int8 is tuned for large M).
+* CPU (any platform but GPU/TPU): XLA; Pallas would only run interpreted there.
+* GPU/TPU without a committed table for ``jax.devices()[0].device_kind``: XLA. Nothing is
+  guessed: an unmeasured kernel can lose to XLA (dispatch, tails, a slow lowering).
+* With a table: the entry for this weight (bits, group, zero point, K, N) at the smallest
+  measured M >= ``M``; Pallas (with the measured tiles) only if it was faster than both the XLA
+  fallback and an XLA bf16 ``jnp.dot`` of that shape, otherwise XLA. No entry: XLA.
+* Weights a kernel cannot read go to XLA: codes wider than 8 bits; for the GPU kernel group
+  sizes that are not powers of two >= 16; for W8A8 (``act_bits=8``) anything but a signed 8-bit
+  weight with per-channel scales and no zero point.
 
+``choose_backend(..., explain=True)`` and ``matmul(..., explain=True)`` also return the reason.
 ``backend`` forces one path: ``"pallas"`` (compiled for this platform; GPU/TPU only),
 ``"interpret"`` (the Pallas kernel in interpret mode, any platform), ``"xla"`` or
 ``"reference"`` (the plain-jnp definition).
@@ -20,18 +21,29 @@ Heuristics when ``backend`` is None (see :func:`choose_backend`; untuned, no GPU
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from compressjax.kernels import _pallas, w8a8, weight_only, xla
+from compressjax.kernels import _pallas, tables, w8a8, weight_only, xla
+from compressjax.kernels.tiles import default_config
 from compressjax.qarray import QArray, as_matrix
 
 Array = jax.Array
 
 BACKENDS = ("pallas", "xla", "interpret", "reference")
-PALLAS_MAX_M = {"gpu": 64, "tpu": 128}
 _W8A8_OFFSET = 128  # storage offset of signed 8-bit QArray codes
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """A dispatch decision: the backend, why, and the measured tiles (None: defaults)."""
+
+  backend: str
+  reason: str
+  config: _pallas.BlockConfig | None = None
 
 
 def matmul(
@@ -42,20 +54,24 @@ def matmul(
     act_bits: int | None = None,
     out_dtype=None,
     config: _pallas.BlockConfig | None = None,
-) -> Array:
+    table: tables.Table | None = None,
+    explain: bool = False,
+):
   """``x @ dequantize(w)``: ``x (..., K)`` float, ``w`` a ``QArray`` (or float array) ``(K, N)``.
 
   Args:
     x: float32/bfloat16/float16 activations; all axes but the last are batch.
     w: the weight; a ``QArray`` of any rank is viewed as ``(K, N)`` (last axis = N).
-    backend: None (choose by platform and shape) or one of ``BACKENDS``.
+    backend: None (choose, see the module docstring) or one of ``BACKENDS``.
     act_bits: None for weight-only, 8 for W8A8 (per-token dynamic int8 activations; needs a
       signed 8-bit ``QArray`` with per-channel or per-tensor scales and no zero point).
     out_dtype: result dtype (default ``x.dtype``).
-    config: Pallas tile sizes (default :func:`default_config`).
+    config: Pallas tiles (default: the measured ones, else :func:`default_config`).
+    table: measured table to choose from (default: the committed one for this device).
+    explain: also return the reason for the backend, as ``(y, reason)``.
 
   Returns:
-    ``(..., N)`` array of ``out_dtype``.
+    ``(..., N)`` array of ``out_dtype`` (and the reason string with ``explain``).
   """
   where = "matmul"
   if backend is not None and backend not in BACKENDS:
@@ -68,58 +84,78 @@ def matmul(
     raise ValueError(f"{where}: x must have at least one axis (..., K), got shape {x.shape}")
   out_dtype = jnp.dtype(out_dtype or x.dtype)
   if not isinstance(w, QArray):
-    return _float_matmul(x, jnp.asarray(w), backend, act_bits, out_dtype)
+    y = _float_matmul(x, jnp.asarray(w), backend, act_bits, out_dtype)
+    return (y, "float weight: a plain dot") if explain else y
   _pallas.check_k(x.shape[-1], w.k, w.shape, where)
   x2 = x.reshape(-1, w.k)
-  backend = backend or choose_backend(x2.shape[0], w, act_bits=act_bits)
+  if backend is None:
+    choice = _choose(x2.shape[0], w, act_bits, jax.default_backend(), _device_kind(), table)
+  else:
+    choice = Choice(backend, f"backend={backend!r} forced by the caller")
   run = _w8a8 if act_bits == 8 else _weight_only
-  return run(x2, w, backend, out_dtype, config).reshape(*x.shape[:-1], w.n)
+  y = run(x2, w, choice.backend, out_dtype, config or choice.config)
+  y = y.reshape(*x.shape[:-1], w.n)
+  return (y, choice.reason) if explain else y
 
 
 def choose_backend(
-    m: int, w: QArray, *, act_bits: int | None = None, platform: str | None = None
-) -> str:
-  """``"pallas"`` or ``"xla"`` for ``M = m`` rows on ``platform`` (module docstring rules)."""
-  platform = _platform(platform or jax.default_backend())
-  if platform not in PALLAS_MAX_M or m > PALLAS_MAX_M[platform]:
-    return "xla"
-  group = weight_only.effective_group(w)
-  if act_bits == 8:
-    ok, rows = _w8a8_weight_ok(w), w.k
-  else:
-    ok, rows = weight_only.supports(w) and _group_ok(group, platform), w.packed.shape[0]
-  if not ok:
-    return "xla"
-  config = default_config(platform, m, w.n, rows, group=group)
-  return "pallas" if _tiles_divide(config, w.n, rows, group) else "xla"
+    m: int, w: QArray, *, act_bits: int | None = None, platform: str | None = None,
+    device_kind: str | None = None, table: tables.Table | None = None, explain: bool = False,
+):
+  """``"pallas"`` or ``"xla"`` for ``M = m`` rows (rules in the module docstring).
 
-
-def default_config(
-    platform: str, m: int, n: int, rows: int, *, group: int | None = None
-) -> _pallas.BlockConfig:
-  """Tiles for ``m`` rows, ``n`` columns and ``rows`` contraction rows (packed rows for
-  weight-only kernels), preferring tiles that divide the weight so nothing is padded.
-
-  GPU (Triton): power-of-two tiles, ``block_m`` 16..64, ``block_n`` 64 (decode) or 128,
-  ``block_k`` 128, and ``split_k`` raising the program count towards two waves of SMs.
-  TPU (Mosaic): ``block_n`` a multiple of 128 lanes, ``block_k`` up to 512, no split.
-  Anything else (interpret mode): large tiles so the interpreter runs few programs.
+  ``platform`` defaults to this host's; ``device_kind`` (which committed table to read)
+  defaults to this host's device when ``platform`` is this host's, else none is read.
+  ``table`` overrides the lookup. With ``explain`` returns ``(backend, reason)``.
   """
+  current = jax.default_backend()
+  platform = platform or current
+  if device_kind is None and _platform(platform) == _platform(current):
+    device_kind = _device_kind()
+  choice = _choose(m, w, act_bits, platform, device_kind, table)
+  return (choice.backend, choice.reason) if explain else choice.backend
+
+
+def _choose(m: int, w: QArray, act_bits, platform: str, device_kind: str | None,
+            table: tables.Table | None) -> Choice:
   platform = _platform(platform)
-  floor = max(16, group or 16)
-  if platform == "gpu":
-    bm = min(64, max(16, _next_pow2(m)))
-    bn = _fit(n, 64 if m <= 16 else 128, 16)
-    bk = _fit(rows, max(128, floor), floor)
-    programs = _pallas.cdiv(m, bm) * _pallas.cdiv(n, bn)
-    want = _pallas.cdiv(2 * _core_count(), programs)
-    blocks = _pallas.cdiv(rows, bk)
-    split = max(d for d in range(1, min(want, blocks) + 1) if blocks % d == 0)
-    return _pallas.BlockConfig(bm, bn, bk, split, num_warps=4, num_stages=3)
-  if platform == "tpu":
-    bm = min(256, _pallas.round_up(m, 16))
-    return _pallas.BlockConfig(bm, _fit(n, 256, 128), _fit(rows, 512, max(128, floor)))
-  return _pallas.BlockConfig(min(128, _pallas.round_up(m, 8)), 128, 128)
+  if platform not in ("gpu", "tpu"):
+    return Choice("xla", f"platform {platform!r}: Pallas kernels would only run interpreted; XLA")
+  group = weight_only.effective_group(w)
+  kind = "w8a8" if act_bits == 8 else "weight_only"
+  unreadable = _unreadable(w, kind, group, platform)
+  if unreadable:
+    return Choice("xla", f"{unreadable}; XLA")
+  if table is None:
+    table = tables.find_table(device_kind) if device_kind else None
+    if table is None:
+      return Choice("xla", f"no measured table for {device_kind or platform}; XLA")
+  zero = w.zero_point is not None
+  what = f"{kind} w{w.bits} group={group} zero_point={zero} K={w.k} N={w.n}"
+  entry = table.lookup(kind, w.bits, group, zero, m, w.k, w.n)
+  if entry is None:
+    return Choice("xla", f"table {table.device_kind!r} has no entry for {what} at M >= {m}; XLA")
+  us = entry.us
+  times = ", ".join(f"{b} {t:.1f} us" for b, t in sorted(us.items()))
+  head = f"table {table.device_kind!r}, {what}, measured at M={entry.m}: {times}"
+  pallas, rivals = us.get("pallas"), [us[b] for b in ("xla", "bf16") if b in us]
+  if pallas is None:
+    return Choice("xla", f"{head}; Pallas not measured; XLA")
+  if rivals and pallas >= min(rivals):
+    return Choice("xla", f"{head}; Pallas not faster than XLA and the bf16 dot; XLA")
+  return Choice("pallas", f"{head}; Pallas", entry.config)
+
+
+def _unreadable(w: QArray, kind: str, group: int | None, platform: str) -> str | None:
+  """Why the Pallas kernel cannot take this weight, or None."""
+  if kind == "w8a8":
+    return None if _w8a8_weight_ok(w) else "W8A8 kernel needs a signed per-channel int8 weight"
+  if not weight_only.supports(w):
+    return f"{w.bits}-bit codes are stored as {w.packed.dtype}; the kernel reads bytes"
+  if group is not None and not _group_ok(group, platform):
+    allowed = "a power of two >= 16" if platform == "gpu" else "a multiple of 8"
+    return f"group size {group} is not {allowed} ({platform} kernel)"
+  return None
 
 
 def _weight_only(x, w: QArray, backend: str, out_dtype, config) -> Array:
@@ -128,10 +164,12 @@ def _weight_only(x, w: QArray, backend: str, out_dtype, config) -> Array:
   if backend == "xla":
     return xla.weight_only_xla(x, w, out_dtype=out_dtype)
   group = weight_only.effective_group(w)
-  config = config or default_config(
-      _kernel_platform(backend), x.shape[0], w.n, w.packed.shape[0], group=group)
+  platform = _kernel_platform(backend)
+  config = config or default_config(platform, x.shape[0], w.n, w.packed.shape[0], group=group)
+  interpret = backend == "interpret"
   return weight_only.weight_only_matmul(
-      x, w, config=config, out_dtype=out_dtype, interpret=backend == "interpret")
+      x, w, config=config, out_dtype=out_dtype, interpret=interpret,
+      platform=None if interpret else platform)
 
 
 def _w8a8(x, w: QArray, backend: str, out_dtype, config) -> Array:
@@ -184,28 +222,8 @@ def _group_ok(group: int | None, platform: str) -> bool:
   return group % 8 == 0
 
 
-def _tiles_divide(config: _pallas.BlockConfig, n: int, rows: int, group: int | None) -> bool:
-  bk = _pallas.round_up(config.block_k, group) if group else config.block_k
-  return n % config.block_n == 0 and rows % (bk * config.split_k) == 0
-
-
-def _fit(size: int, target: int, floor: int) -> int:
-  """Largest power of two in ``[floor, target]`` dividing ``size``; ``target`` if none does."""
-  p = _next_pow2(target) // (1 if _next_pow2(target) == target else 2)
-  while p >= floor:
-    if size % p == 0:
-      return p
-    p //= 2
-  return target
-
-
-def _next_pow2(v: int) -> int:
-  return 1 << max(0, int(v) - 1).bit_length()
-
-
-def _core_count() -> int:
-  """Streaming multiprocessors of the first device (132 on H100/H200 when unknown)."""
-  return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+def _device_kind() -> str:
+  return jax.devices()[0].device_kind
 
 
 def _platform(platform: str) -> str:

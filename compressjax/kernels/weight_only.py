@@ -1,27 +1,21 @@
-"""Weight-only low-bit matmul (W8A16, W4A16, W2A16, ...): ``x @ dequantize(w)``, dequant fused.
+"""Weight-only low-bit matmul (W8A16, W4A16, W2A16): ``x @ dequantize(w)``, dequant fused.
 
-The weight stays packed in HBM; each program loads ``block_k`` packed rows, unpacks the
-``per = 8 // bits`` planes with shifts and masks, applies ``(code - zero) * scale`` and multiplies
-by the matching activation tile, accumulating in f32.
-
-Layout. ``QArray`` packs planarly: packed row ``p`` holds logical rows ``p, P + p, 2P + p, ...``
-(``P = K_pad / per``). A K-block of packed rows ``[r, r + block_k)`` therefore maps to ``per``
-contiguous activation column ranges ``[j*P + r, j*P + r + block_k)``, each lying in whole groups:
-no interleaving shuffle, no gather. The wrapper pads every plane of ``x`` (and of the group scales)
-from ``P`` to ``P'`` rows, a multiple of ``split_k * block_k``, so all loads are full tiles.
+The weight stays packed in HBM and is read once; codes become floats in registers by bit tricks.
+Two kernels share the math (``_group_dot``): ``_weight_only_gpu`` (Triton: K loop inside the
+program, split-K for decode shapes) and ``_weight_only_tpu`` (Mosaic: K on the grid, VMEM
+accumulator). ``weight_only_matmul`` picks by platform; both run in interpret mode anywhere.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental import pallas as pl
 
 from compressjax.kernels import _pallas
-from compressjax.qarray import QArray, codes_per_byte
+from compressjax.kernels._weight_only_gpu import weight_only_gpu
+from compressjax.kernels._weight_only_tpu import weight_only_tpu
+from compressjax.qarray import QArray
 
 Array = jax.Array
 
@@ -52,11 +46,11 @@ def weight_only_matmul(
 ) -> Array:
   """Pallas ``x (M, K) @ dequantize(w) (K, N)``; ``x`` float32/bfloat16/float16.
 
-  The dequantized tile is cast to ``x.dtype`` before the dot (as the XLA fallback does), the
-  accumulation is f32, and the result is cast to ``out_dtype`` (default ``x.dtype``).
-  ``config`` sets the tiles (see ``BlockConfig``); ``interpret`` runs the kernel in Pallas
-  interpret mode on any platform; ``platform`` ("gpu" / "tpu") lowers for another platform than
-  ``jax.default_backend()``, e.g. ahead-of-time from a CPU host.
+  The dot runs in ``x.dtype`` on exact integer codes (or on the scaled tile, see
+  ``_group_dot``) with f32 accumulation; the result is cast to ``out_dtype`` (default
+  ``x.dtype``). ``config`` sets the tiles (see ``BlockConfig``). ``platform`` ("gpu" / "tpu",
+  default ``jax.default_backend()``) selects the kernel and its lowering, e.g. ahead-of-time
+  from a CPU host; with ``interpret=True`` it selects which kernel to interpret (default "gpu").
   """
   check_operands(x, w, _WHERE)
   if not supports(w):
@@ -64,107 +58,13 @@ def weight_only_matmul(
         f"{_WHERE}: w has bits={w.bits} stored as {w.packed.dtype}; the kernel reads byte "
         "storage only (bits <= 8); use the XLA fallback"
     )
-  config = config or _pallas.BlockConfig()
-  out_dtype = jnp.dtype(out_dtype or x.dtype)
-  m, n = x.shape[0], w.n
-  per, bits = codes_per_byte(w.bits), w.bits
-  group = effective_group(w)
-  rows = w.k // group if group else 1
-  plane = w.packed.shape[0]  # P: packed rows = rows of one plane
-  bk = _pallas.round_up(config.block_k, group) if group else config.block_k
-  splits, steps = _pallas.split_steps(_pallas.cdiv(plane, bk), config.split_k)
-  plane_pad = splits * steps * bk  # P'
-  bm, bn = config.block_m, config.block_n
-  m_pad, n_pad = _pallas.round_up(m, bm), _pallas.round_up(n, bn)
-
-  xp = _pallas.pad_to(x, (m_pad, plane * per)).reshape(m_pad, per, plane)
-  xp = _pallas.pad_to(xp, (m_pad, per, plane_pad)).reshape(m_pad, per * plane_pad)
-  packed = _pallas.pad_to(w.packed, (plane_pad, n_pad))
-  offset = 2 ** (bits - 1) if w.signed else 0
-  layout = functools.partial(
-      _plane_rows, rows=rows, n=n, per=per, plane=plane, plane_pad=plane_pad, group=group,
-      n_pad=n_pad)
-  scale = layout(w.scale)
-  operands = [xp, packed, scale]
-  if w.zero_point is not None:  # the storage offset is folded into the zero point
-    operands.append(layout(w.zero_point + offset))
-  scale_rows = scale.shape[0]
-  in_specs = [
-      pl.BlockSpec((bm, per * plane_pad), lambda i, j, s: (i, 0)),
-      pl.BlockSpec((plane_pad, bn), lambda i, j, s: (0, j)),
-  ] + [pl.BlockSpec((scale_rows, bn), lambda i, j, s: (0, j))] * (len(operands) - 2)
-  if splits == 1:
-    out_shape = jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype)
-    out_spec = pl.BlockSpec((bm, bn), lambda i, j, s: (i, j))
-  else:
-    out_shape = jax.ShapeDtypeStruct((splits, m_pad, n_pad), jnp.float32)
-    out_spec = pl.BlockSpec((None, bm, bn), lambda i, j, s: (s, i, j))
-  kernel = functools.partial(
-      _kernel, bits=bits, per=per, offset=offset, bk=bk, steps=steps, plane_pad=plane_pad,
-      group=group, has_zero=w.zero_point is not None,
-  )
-  grid = (m_pad // bm, n_pad // bn, splits)
-  y = pl.pallas_call(
-      kernel,
-      out_shape=out_shape,
-      grid=grid,
-      in_specs=in_specs,
-      out_specs=out_spec,
-      interpret=interpret,
-      compiler_params=None if interpret else _pallas.compiler_params(len(grid), config, platform),
-      name=f"w{bits}a{jnp.finfo(x.dtype).bits}_matmul",
-  )(*operands)
-  if splits > 1:
-    y = y.sum(axis=0)
-  return y[:m, :n].astype(out_dtype)
-
-
-def _kernel(x_ref, w_ref, s_ref, *refs, bits, per, offset, bk, steps, plane_pad, group, has_zero):
-  """One ``(block_m, block_n)`` output tile, looping over this program's K range."""
-  z_ref = refs[0] if has_zero else None
-  o_ref = refs[-1]
-  bm, bn = o_ref.shape[-2:]
-  first_step = pl.program_id(2) * steps
-  block_rows = bk // group if group else 1  # scale rows covering one plane's block
-
-  def load_rows(ref, row):
-    if not group:  # per channel: one (1, block_n) row for the whole K
-      return ref[...]
-    return _expand_rows(ref[pl.ds(row, block_rows), :], bk)
-
-  def step(t, acc):
-    row0 = pl.multiple_of((first_step + t) * bk, bk)
-    stored = w_ref[pl.ds(row0, bk), :].astype(jnp.int32)
-    for j in range(per):
-      codes = ((stored >> (j * bits)) & (2**bits - 1)) if per > 1 else stored
-      col0 = pl.multiple_of(j * plane_pad + row0, bk)
-      g0 = lax.div(col0, jnp.int32(group)) if group else 0  # both >= 0: no floor fix-up
-      zero = load_rows(z_ref, g0) if has_zero else offset
-      w_tile = (codes.astype(jnp.float32) - zero) * load_rows(s_ref, g0)
-      x_tile = x_ref[:, pl.ds(col0, bk)]
-      acc += jnp.dot(x_tile, w_tile.astype(x_tile.dtype), preferred_element_type=jnp.float32)
-    return acc
-
-  acc = lax.fori_loop(0, steps, step, jnp.zeros((bm, bn), jnp.float32))
-  o_ref[...] = acc.astype(o_ref.dtype)
-
-
-def _expand_rows(rows: Array, bk: int) -> Array:
-  """Repeats each of the ``r`` group rows ``bk // r`` times: ``(r, n) -> (bk, n)``."""
-  r, n = rows.shape
-  if r == 1:
-    return rows  # broadcasts against the (bk, n) tile
-  return jnp.broadcast_to(rows[:, None, :], (r, bk // r, n)).reshape(bk, n)
-
-
-def _plane_rows(a: Array, *, rows: int, n: int, per: int, plane: int, plane_pad: int,
-                group: int | None, n_pad: int) -> Array:
-  """Scales/zeros -> ``(per * P' / group, N_pad)`` (or ``(1, N_pad)``), padded plane by plane."""
-  a = jnp.broadcast_to(a.astype(jnp.float32), (rows, n))
-  if group:
-    a = _pallas.pad_to(a, (per * plane // group, n)).reshape(per, plane // group, n)
-    a = _pallas.pad_to(a, (per, plane_pad // group, n)).reshape(per * plane_pad // group, n)
-  return _pallas.pad_to(a, (a.shape[0], n_pad))
+  platform = platform or ("gpu" if interpret else jax.default_backend())
+  if platform not in ("gpu", "cuda", "rocm", "tpu"):
+    _pallas.compiler_params(3, _pallas.BlockConfig(), platform)  # raises, naming the platform
+  kernel = weight_only_tpu if platform == "tpu" else weight_only_gpu
+  return kernel(x, w, group=effective_group(w), config=config or _pallas.BlockConfig(),
+                out_dtype=jnp.dtype(out_dtype or x.dtype), interpret=interpret,
+                platform=platform)
 
 
 def effective_group(w: QArray) -> int | None:

@@ -1,53 +1,115 @@
-"""Weight-only Pallas kernel (interpret mode) against its jnp reference."""
+"""Weight-only Pallas kernels (GPU and TPU variants, interpret mode) against their jnp reference."""
+
+import itertools
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from compressjax.kernels import BlockConfig, weight_only_matmul, weight_only_reference
+from compressjax.kernels._codes import codes_to_float, magic_dtype
 from compressjax.qarray import QArray
 
-# Small tiles so every case runs several M/N blocks, K steps and two K splits.
-SMALL = BlockConfig(block_m=8, block_n=16, block_k=32, split_k=2)
+KERNELS = ["gpu", "tpu"]
+# Small tiles: several M/N blocks and K steps. GPU: split_k=3 over 4 K blocks leaves a short
+# last split (the masked tail). TPU: one 128-row K block per step (K is a grid axis).
+SMALL = {"gpu": BlockConfig(block_m=16, block_n=16, block_k=32, split_k=3),
+         "tpu": BlockConfig(block_m=8, block_n=128, block_k=128)}
 
 
+@pytest.mark.parametrize("bits, dtype", list(itertools.product([2, 4, 8], ["bfloat16", "float16",
+                                                                           "float32"])))
+@pytest.mark.parametrize("wide", [False, True])
+def test_codes_to_float_is_exact_for_every_code(bits, dtype, wide):
+  u = jnp.arange(2**bits, dtype=jnp.int32)
+  for offset in (0, 2 ** (bits - 1)):
+    y = codes_to_float(u, bits, offset, dtype, wide=wide)
+    assert y.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.arange(2**bits) - offset)
+
+
+def test_magic_dtype_widens_only_when_codes_overflow_the_mantissa():
+  assert magic_dtype(4, jnp.bfloat16) == jnp.bfloat16
+  assert magic_dtype(8, jnp.bfloat16) == jnp.float32  # 7 mantissa bits
+  assert magic_dtype(8, jnp.float16) == jnp.float16
+  assert magic_dtype(2, jnp.bfloat16, wide=True) == jnp.float32
+  with pytest.raises(TypeError, match="not int8"):
+    magic_dtype(4, jnp.int8)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("group_size", [None, 32, 64, 128])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_matches_reference_every_bits_and_group(make_qarray, normal, close, bits, group_size):
-  # Ragged M=3, N=40. Each bit-width meets f32 and bf16, with and without zero points.
+def test_every_bits_and_group(make_qarray, normal, close, kernel, bits, group_size):
+  # Ragged M=3, N=40; K=256 or, for groups <= 64, K=192 (planes padded past K). Zero points,
+  # signedness and f32/bf16 alternate across the grid; test_zero_points_and_dtypes crosses them.
+  k = 256 if group_size in (None, 128) else 192
   zero_point = group_size in (None, 64)
   dtype = jnp.bfloat16 if group_size in (32, 128) else jnp.float32
-  w = make_qarray(bits * 10 + (group_size or 0), 256, 40, bits=bits, group_size=group_size,
+  w = make_qarray(bits * 10 + (group_size or 0), k, 40, bits=bits, group_size=group_size,
                   signed=bits != 2, zero_point=zero_point)
-  x = normal((3, 256), dtype, seed=bits)
-  y = weight_only_matmul(x, w, config=SMALL, interpret=True)
+  x = normal((3, k), dtype, seed=bits)
+  y = weight_only_matmul(x, w, config=SMALL[kernel], interpret=True, platform=kernel)
   assert y.shape == (3, 40) and y.dtype == dtype
   close(y, weight_only_reference(x, w), dtype)
 
 
-@pytest.mark.parametrize(
-    "bits, group_size, signed, dtype",
-    [(2, 64, False, jnp.float32), (4, 32, True, jnp.bfloat16), (8, None, False, jnp.float32)],
-)
-def test_ragged_k_default_tiles(make_qarray, normal, close, bits, group_size, signed, dtype):
-  # K=192 is no multiple of the tiles and pads differently per bit-width (planes of 96/48 rows).
-  w = make_qarray(bits, 192, 40, bits=bits, group_size=group_size, signed=signed, zero_point=True)
-  x = normal((3, 192), dtype, seed=1)
-  y = weight_only_matmul(x, w, out_dtype=jnp.float32, interpret=True)
-  assert y.shape == (3, 40) and y.dtype == jnp.float32
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("zero_point, dtype", [(False, jnp.bfloat16), (True, jnp.float32),
+                                               (True, jnp.float16)])
+def test_zero_points_and_dtypes(make_qarray, normal, close, kernel, zero_point, dtype):
+  w = make_qarray(7, 256, 40, bits=4, group_size=64, zero_point=zero_point)
+  x = normal((5, 256), dtype, seed=7)
+  y = weight_only_matmul(x, w, config=SMALL[kernel], out_dtype=jnp.float32, interpret=True,
+                         platform=kernel)
+  assert y.dtype == jnp.float32
   close(y, weight_only_reference(x, w, out_dtype=jnp.float32), dtype)
 
 
-def test_block_k_below_group_split_beyond_blocks_scalar_zero(make_qarray, normal, close):
-  # block_k=16 < group 64 is rounded up to 64; split_k=8 > 2 K-blocks is capped; grouped
-  # scales with one zero point for the whole tensor.
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scales_on_the_tile_when_block_m_exceeds_the_group(make_qarray, normal, close, kernel):
+  # block_m=64 > group 32: group scales multiply the weight tile instead of the accumulator.
+  w = make_qarray(8, 256, 40, bits=4, group_size=32, zero_point=True)
+  x = normal((70, 256), jnp.bfloat16, seed=8)
+  config = BlockConfig(block_m=64, block_n=32, block_k=64, split_k=2)
+  if kernel == "tpu":
+    config = BlockConfig(block_m=64, block_n=128, block_k=256)
+  y = weight_only_matmul(x, w, config=config, interpret=True, platform=kernel)
+  close(y, weight_only_reference(x, w), jnp.bfloat16)
+
+
+@pytest.mark.parametrize("split_k", [3, 16])
+def test_split_k_any_count_masks_the_tail(make_qarray, normal, close, split_k):
+  # 8-bit per channel, K=320: 10 K blocks of 32 rows; 3 splits run 4+4+2 blocks, 16 is capped.
+  w = make_qarray(9, 320, 24, bits=8, zero_point=True)
+  x = normal((2, 320), seed=9)
+  config = BlockConfig(block_m=16, block_n=16, block_k=32, split_k=split_k)
+  close(weight_only_matmul(x, w, config=config, interpret=True), weight_only_reference(x, w),
+        jnp.float32)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits, group_size, signed", [(2, 64, False), (4, 32, True),
+                                                      (8, None, False)])
+def test_ragged_k_default_tiles(make_qarray, normal, close, kernel, bits, group_size, signed):
+  # K=192 is no multiple of the tiles and pads differently per bit-width (planes of 96/48 rows).
+  w = make_qarray(bits, 192, 40, bits=bits, group_size=group_size, signed=signed, zero_point=True)
+  x = normal((3, 192), jnp.bfloat16, seed=1)
+  y = weight_only_matmul(x, w, out_dtype=jnp.float32, interpret=True, platform=kernel)
+  assert y.shape == (3, 40) and y.dtype == jnp.float32
+  close(y, weight_only_reference(x, w, out_dtype=jnp.float32), jnp.bfloat16)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_grouped_scales_with_one_zero_point(make_qarray, normal, close, kernel):
+  # block_k=16 < group 64 is rounded up to whole groups; one zero point for the whole tensor.
   base = make_qarray(3, 256, 32, bits=4, group_size=64)
   w = QArray.from_codes(base.codes(), base.scale, 0.5, bits=4, signed=True, group_size=64)
   assert w.scale.shape == (4, 32) and w.zero_point.shape == (1, 1)
   x = normal((2, 256), seed=3)
   config = BlockConfig(block_m=8, block_n=32, block_k=16, split_k=8)
-  close(weight_only_matmul(x, w, config=config, interpret=True), weight_only_reference(x, w),
-        jnp.float32)
+  close(weight_only_matmul(x, w, config=config, interpret=True, platform=kernel),
+        weight_only_reference(x, w), jnp.float32)
 
 
 def test_reference_is_x_times_dequantized_weight(make_qarray, normal):
@@ -57,11 +119,13 @@ def test_reference_is_x_times_dequantized_weight(make_qarray, normal):
   np.testing.assert_allclose(weight_only_reference(x, w), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_rank3_weight_is_viewed_as_matrix(normal, close):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_rank3_per_tensor_weight_is_viewed_as_matrix(normal, close, kernel):
   codes = jnp.asarray(np.random.default_rng(6).integers(-8, 8, size=(4, 16, 24)))
   w = QArray.from_codes(codes, 0.1, bits=4, signed=True)
   x = normal((3, 64), seed=6)
-  close(weight_only_matmul(x, w, interpret=True), x @ w.dequantize().reshape(64, 24), jnp.float32)
+  close(weight_only_matmul(x, w, interpret=True, platform=kernel),
+        x @ w.dequantize().reshape(64, 24), jnp.float32)
 
 
 class TestBadInput:
