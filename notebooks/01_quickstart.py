@@ -51,9 +51,9 @@ jax.config.update("jax_default_prng_impl", "rbg")
 # %% [markdown]
 # ## A model of your own
 #
-# Any Linen model: nothing in it knows about quantization. Its weight-bearing layers (Dense,
-# Conv, ConvTranspose, DenseGeneral, Einsum) are the *sites* that rules can match, named by
-# their module paths.
+# Any Linen model: nothing in it knows about quantization. Every operation that reads a
+# parameter (the `dot_general` of a Dense, the convolution of a Conv, in any layer) is a
+# *site* that rules can match, named `module/param` (`"conv/kernel"`).
 
 # %%
 class SmallCNN(nn.Module):
@@ -69,10 +69,10 @@ digits = load_dataset("digits")  # 8x8 scikit-learn digits, prepared offline on 
 x_test, y_test = jnp.asarray(digits.test.x), jnp.asarray(digits.test.y)
 example = jnp.asarray(digits.train.x[:BATCH])
 model = SmallCNN()
-sites = cj.discover(model, example)
+sites = cj.discover(model, example)  # every op that reads a parameter, in call order
 for s in sites:
-  print(f"{s.path:5s} {s.kind:6s} kernel {s.kernel_shape}")
-assert [s.path for s in sites] == ["stem", "conv", "fc", "head"]
+  print(f"{s.name:12s} {s.op:22s} weight {s.shapes[s.weight_index]}")
+assert [s.name for s in sites] == ["stem/kernel", "conv/kernel", "fc/kernel", "head/kernel"]
 
 # %% [markdown]
 # ## Train the float model with optax
@@ -136,9 +136,9 @@ rules = cj.core.with_edges(
     last=cj.Rule(pattern="", weight=q.LSQ(bits=8), act=q.LSQ(bits=8, kind="activation")),
 )
 show = lambda t: "float" if t is None else f"{type(t).__name__}({t.bits} bits)"
-for r in rules:  # the same as writing Rule("^stem$", ...), Rule("^head$", ...), body
-  print(f"{r.pattern:7s} weight {show(r.weight):15s} input {show(r.act)}")
-assert [r.pattern for r in rules] == ["^stem$", "^head$", "."]
+for r in rules:  # the same as writing Rule("^stem/kernel$", ...), Rule("^head/kernel$", ...), body
+  print(f"{r.pattern:15s} weight {show(r.weight):15s} input {show(r.act)}")
+assert [r.pattern for r in rules] == ["^stem/kernel$", "^head/kernel$", "."]
 
 qmodel = cj.compress(model, rules)
 
@@ -147,27 +147,31 @@ qmodel = cj.compress(model, rules)
 #
 # `cj.init_from` starts the quantized model from the float weights and sets every LSQ step
 # size from the real weights and activations of one batch (one forward pass; a pure
-# function, so jit it). The LSQ steps are ordinary entries of `params` (`kernel_step`,
-# `input_step`); `cj.param_labels` labels them so that `optax.multi_transform` gives them
-# their own optimizer: no weight decay on step sizes.
+# function, so jit it). The LSQ steps are ordinary entries of `params`, under
+# `params["compressjax"]`, nested by site name (`["fc"]["kernel"]["weight"]["step"]`, and
+# `["input"]["step"]` for the activation's); your own `params["fc"]["kernel"]` is untouched.
+# `cj.param_labels` labels them so that `optax.multi_transform` gives them their own
+# optimizer: no weight decay on step sizes.
 
 # %%
 qvars = jax.jit(functools.partial(cj.init_from, qmodel))(float_vars, example)
-print({k: sorted(v) for k, v in qvars["params"].items()})
+print({k: sorted(v) for k, v in qvars["params"]["compressjax"].items()})
+fc_step = lambda v: float(v["params"]["compressjax"]["fc"]["kernel"]["weight"]["step"])
 labels = cj.param_labels(qvars["params"])
-assert labels["fc"]["kernel_step"] == "quantizer" and labels["fc"]["kernel"] == "model"
+assert labels["compressjax"]["fc"]["kernel"]["weight"]["step"] == "quantizer"
+assert labels["fc"]["kernel"] == "model"
 
 tx = optax.multi_transform(
     {"model": optax.adamw(1e-3, weight_decay=1e-4), "quantizer": optax.adam(1e-3)}, labels)
 qat_start_acc = accuracy(qmodel, qvars)
-step_before = float(qvars["params"]["fc"]["kernel_step"])
+step_before = fc_step(qvars)
 qvars, loss = fit(qmodel, qvars, tx, QAT_EPOCHS, seed=1)
 qat_acc = accuracy(qmodel, qvars)
 print(f"W4A4 (8-bit edges): {qat_start_acc:.3f} before QAT -> {qat_acc:.3f} after "
       f"(float {float_acc:.3f}); fc step {step_before:.4f} -> "
-      f"{float(qvars['params']['fc']['kernel_step']):.4f}")
+      f"{fc_step(qvars):.4f}")
 assert qat_acc > 0.75
-assert float(qvars["params"]["fc"]["kernel_step"]) != step_before  # the step size is learned
+assert fc_step(qvars) != step_before  # the step size is learned
 
 # %% [markdown]
 # ## Post-training quantization with calibration
@@ -202,12 +206,21 @@ assert ptq_acc > float_acc - 0.05
 # ## Export to packed integers and compare
 #
 # `cj.export` replaces every quantized kernel by a `QArray` (4-bit codes packed two per
-# byte, with their scales) and returns the same model in serving mode. The served outputs
-# equal the fake-quant outputs up to float rounding: what you trained is what you serve.
+# byte, with their scales) in `serving_vars["served"]` (nested by site name; the float
+# kernels it replaces are dropped from `params`) and returns the same model in serving mode.
+# It traces the model, so it takes example inputs (arrays or `jax.ShapeDtypeStruct`s).
+# `serving_paths` tells how each site is served (int8 dot / int8 conv / kernel /
+# xla dequant / float, and why). The served outputs equal the fake-quant outputs up to float
+# rounding: what you trained is what you serve.
 
 # %%
-serving_model, serving_vars = cj.export(qmodel, qvars)
-fc = serving_vars["params"]["fc"]["kernel"]
+from compressjax.export import serving_paths  # pylint: disable=g-import-not-at-top
+
+serving_model, serving_vars = cj.export(qmodel, qvars, example)
+for name, (path, why) in serving_paths(serving_model, serving_vars, example).items():
+  print(f"{name:12s} served as {path:12s} {why}")
+assert "kernel" not in serving_vars["params"]["fc"]  # replaced by its QArray
+fc = serving_vars["served"]["fc"]["kernel"]["weight"]
 print(f"fc kernel: {type(fc).__name__} bits={fc.bits} shape={fc.shape} packed {fc.packed.dtype}"
       f"{tuple(fc.packed.shape)} scale {tuple(fc.scale.shape)}")
 assert isinstance(fc, cj.QArray) and fc.bits == 4 and fc.packed.size == fc.k * fc.n // 2
@@ -230,9 +243,9 @@ np.testing.assert_allclose(served, fake, rtol=1e-4, atol=1e-4)
 # ## Serve with jit
 #
 # The serving model is a normal Flax model whose variables are a pytree holding `QArray`s:
-# `jax.jit` it like any model. Its Dense layers multiply through the kernel dispatcher
-# (`cj.kernels.matmul`: XLA on CPU, Pallas low-bit kernels on GPU/TPU at small batch; see
-# `04_export_and_kernels.py`).
+# `jax.jit` it like any model. Each site runs on the path `serving_paths` printed above
+# (integer dots/convs where both operands are int8, the low-bit kernel dispatcher or an
+# XLA dequantize otherwise; see `04_export_and_kernels.py`).
 
 # %%
 predict = jax.jit(lambda v, x: jnp.argmax(serving_model.apply(v, x), -1))

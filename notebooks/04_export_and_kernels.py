@@ -43,6 +43,7 @@ from compressjax.models import CNN
 from compressjax.quant import LSQ, Uniform, per_group
 from compressjax.qarray import pack, unpack
 from compressjax.quant.recipes import recipe_rules
+from compressjax.export import serving_paths
 
 QUICK = os.environ.get("COMPRESSJAX_NOTEBOOK_QUICK", "0") == "1"  # everything here is small
 rng = np.random.default_rng(0)
@@ -140,11 +141,11 @@ assert rel < 2e-2
 # ## The dispatcher
 #
 # `kernels.matmul(x, w)` is the one entry point: `x (..., K)` float, `w` a `QArray`.
-# `backend=None` chooses by platform and shape: on GPU/TPU the Pallas kernel for small `M`
-# (decode-like, bound by reading the weight, which 4-bit storage cuts 4x against bf16),
-# XLA for large `M` (bound by FLOPs) and on CPU. The tiles must also fit the weight (on TPU,
-# `N` a multiple of 128 lanes, so these small weights go to XLA there). Any backend can be
-# forced.
+# `backend=None` chooses by platform and shape: XLA on CPU; on GPU/TPU the Pallas kernel
+# where it was measured faster on that device (typically small, decode-like `M`, bound by
+# reading the weight, which 4-bit storage cuts 4x against bf16), XLA otherwise (large `M` is
+# bound by FLOPs; unmeasured shapes and devices, weights the kernel cannot read). Any backend
+# can be forced.
 
 # %%
 x = jnp.asarray(rng.normal(size=(2, 3, 256)), jnp.float32)  # leading axes are batch
@@ -162,9 +163,9 @@ for m in (1, 64, 512):
   for name, q, act in (("W4A16", w4, None), ("W8A8", w8, 8)):
     row = [kernels.choose_backend(m, q, act_bits=act, platform=p) for p in ("cpu", "gpu", "tpu")]
     print(f"M={m:<4d} {name:6s} {tuple(q.shape)!s:11s}" + "".join(f"{r:>8s}" for r in row))
-assert kernels.choose_backend(1, w4, platform="gpu") == "pallas"
-assert kernels.choose_backend(512, w4, platform="gpu") == "xla"
-assert kernels.choose_backend(1, w4, platform="cpu") == "xla"
+assert kernels.choose_backend(1, w4, platform="cpu") == "xla"  # Pallas would only interpret
+# On GPU/TPU the choice follows what was measured on that device (no measurement: XLA).
+assert {kernels.choose_backend(m, w4, platform="gpu") for m in (1, 512)} <= {"pallas", "xla"}
 
 # %% [markdown]
 # ## Serving an exported CNN through the dispatcher
@@ -172,12 +173,15 @@ assert kernels.choose_backend(1, w4, platform="cpu") == "xla"
 # The zoo CNN with the LSQ recipe (4-bit weights, 8-bit first and last layer, 8-bit
 # activations) plus one rule giving the hidden Dense layer 4-bit weights in groups of 32
 # rows (the layout the W4A16 kernel is made for). Initialised from float weights on a batch
-# and exported with a forced backend, its Dense layers multiply by the packed `QArray`s
-# through `kernels.matmul`; convolutions use the dequantized weight. Every backend serves
-# the same logits as the fake-quant model.
+# and exported (from example inputs: export traces the model) with a forced backend. Each site
+# is served on one path, which `serving_paths` reports with its reason: `int8 dot` /
+# `int8 conv` where weights and inputs are both 8-bit integers, `kernel` (the packed
+# `QArray` through `kernels.matmul`, e.g. the 4-bit grouped hidden layer), `xla dequant`
+# (the dequantized weight), or `float`. Every backend serves the same logits as the
+# fake-quant model.
 #
-# Bad configurations fail early and name the layer: groups of 32 rows do not fit the
-# 3x3x1 = 9 rows of `conv0`.
+# Bad configurations fail early and name the site: groups of 32 rows do not fit the
+# 3x3x1 = 9 rows of `conv0/kernel`.
 
 # %%
 model = CNN(widths=(8, 16), hidden=32)
@@ -198,13 +202,17 @@ qvars = jax.jit(functools.partial(cj.init_from, qmodel))(float_vars, images)
 fake = jax.jit(lambda v: qmodel.apply(v, images))(qvars)
 
 for backend in ("xla", "interpret", "reference"):
-  serving_model, serving_vars = cj.export(qmodel, qvars, backend=backend)
+  serving_model, serving_vars = cj.export(qmodel, qvars, images, backend=backend)
   served = jax.jit(lambda v: serving_model.apply(v, images))(serving_vars)
   print(f"served with {backend:9s}: max |served - fake-quant| = "
         f"{float(jnp.max(jnp.abs(served - fake))):.2e}")
   np.testing.assert_allclose(served, fake, rtol=1e-5, atol=1e-5)
 
-hidden = serving_vars["params"]["hidden"]["kernel"]
+paths = serving_paths(serving_model, serving_vars, images)
+for name, (path, why) in paths.items():
+  print(f"{name:14s} served as {path:12s} {why}")
+assert paths["hidden/kernel"][0] == "kernel", paths  # 4-bit groups: the low-bit kernel
+hidden = serving_vars["served"]["hidden"]["kernel"]["weight"]
 print(f"hidden kernel: {hidden.bits}-bit, {tuple(hidden.packed.shape)} packed bytes, scales "
       f"{tuple(hidden.scale.shape)}; on a GPU, batch 1 would use "
       f"{kernels.choose_backend(1, hidden, platform='gpu')}, batch 256 "
@@ -233,8 +241,8 @@ sparse_rules = [cj.Rule(pattern="^hidden$", weight=cj.core.keep_zeros(grouped), 
 sparse_model = cj.compress(model, sparse_rules)
 sparse_vars = jax.jit(functools.partial(cj.init_from, sparse_model))(
     {**float_vars, "params": pruned_params}, images)
-serving_model, serving_vars = cj.export(sparse_model, sparse_vars, backend="xla")
-codes = np.asarray(serving_vars["params"]["hidden"]["kernel"].codes())
+serving_model, serving_vars = cj.export(sparse_model, sparse_vars, images, backend="xla")
+codes = np.asarray(serving_vars["served"]["hidden"]["kernel"]["weight"].codes())
 pruned = ~np.asarray(masks["hidden"]["kernel"])
 print(f"hidden: {pruned.mean():.0%} pruned; exported codes at pruned positions: "
       f"{np.unique(codes[pruned]).tolist()}; nonzero codes elsewhere: "
