@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 LAYERS = (
     ("qarray", "kernels"),
     ("core",),
@@ -49,6 +47,8 @@ KNOWN_UPWARD = {
 }
 # Imported only on demand (extras), never by `import compressjax`.
 HEAVY = ("tensorflow_datasets", "orbax", "matplotlib", "sklearn", "tqdm")
+# Subpackages `import compressjax` leaves to first use (kernels too, unless core loads them).
+LAZY = ("prune", "distill", "cost", "mixed", "train", "data", "models")
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "compressjax"
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
@@ -130,16 +130,14 @@ def test_import_compressjax_stays_light():
   assert not heavy, f"`import compressjax` imports {heavy}; import them where they are used"
 
 
-@pytest.mark.parametrize("name", ["prune", "distill", "cost", "mixed", "train", "data", "models"])
-def test_subpackages_import_on_demand(name):
-  code = (f"import sys, compressjax as cj; assert 'compressjax.{name}' not in sys.modules; "
-          f"assert cj.{name}.__name__ == 'compressjax.{name}'; assert '{name}' in dir(cj)")
-  _run(code)
-
-
-def test_kernels_and_everyday_names_are_attributes():  # kernels: core may load them early
-  _run("import compressjax as cj; assert cj.kernels.__name__ == 'compressjax.kernels'; "
-       "assert all(hasattr(cj, n) for n in cj.__all__)")
+def test_subpackages_are_attributes_imported_on_demand():
+  _run("import sys, compressjax as cj\n"
+       f"lazy = {LAZY!r}\n"
+       "early = [n for n in lazy if 'compressjax.' + n in sys.modules]\n"
+       "assert not early, f'import compressjax already imported {early}'\n"
+       "for n in (*lazy, 'kernels'):\n"
+       "  assert getattr(cj, n).__name__ == 'compressjax.' + n and n in dir(cj), n\n"
+       "assert all(hasattr(cj, n) for n in cj.__all__)\n")
 
 
 def test_import_time_is_reported():
