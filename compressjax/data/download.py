@@ -6,10 +6,11 @@ TCP connect with a short timeout); if the download fails anyway, every path it c
 ``data_dir`` is removed and one line says why.
 """
 
-import concurrent.futures
 import os
 import shutil
 import socket
+import threading
+import time
 import urllib.parse
 
 GCS_HOST = "storage.googleapis.com"  # tfds tries its prepared copy there first
@@ -19,7 +20,7 @@ PROBE_TIMEOUT_S = 3.0
 def download_and_prepare(builder, name: str, data_dir: str, how_to_prepare: str) -> None:
   """``builder.download_and_prepare()``; ConnectionError (one line) if offline or it fails."""
   hosts = _hosts(builder)
-  if not any(_reachable(h) for h in hosts):
+  if not _any_reachable(hosts):
     raise ConnectionError(
         f"dataset {name!r}: data.download=true but none of its hosts ({', '.join(hosts)}) "
         f"answers within {PROBE_TIMEOUT_S:.0f} s (offline?); to prepare it, {how_to_prepare}")
@@ -42,20 +43,26 @@ def _hosts(builder) -> list[str]:
   return [GCS_HOST, *sorted(hosts - {GCS_HOST})]
 
 
-def _reachable(host: str) -> bool:
-  """Whether ``host:443`` accepts a connection within the timeout (name lookup included)."""
+def _any_reachable(hosts: list[str]) -> bool:
+  """Whether one of ``hosts`` accepts a connection on port 443 within the timeout, name lookup
+  included. All are tried at once, in daemon threads: a lookup that hangs is abandoned and
+  does not hold up the exit."""
+  answered = []
 
-  def connect():
-    socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
+  def connect(host):
+    try:
+      socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
+      answered.append(host)
+    except OSError:
+      pass
 
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  try:
-    pool.submit(connect).result(timeout=PROBE_TIMEOUT_S)
-    return True
-  except (OSError, concurrent.futures.TimeoutError):
-    return False
-  finally:
-    pool.shutdown(wait=False)
+  threads = [threading.Thread(target=connect, args=(h,), daemon=True) for h in hosts]
+  for t in threads:
+    t.start()
+  deadline = time.monotonic() + PROBE_TIMEOUT_S
+  for t in threads:
+    t.join(max(0.0, deadline - time.monotonic()))
+  return bool(answered)
 
 
 def _paths(root: str) -> set[str]:
