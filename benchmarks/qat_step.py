@@ -44,7 +44,8 @@ def bench(name: str, batch: int, reps: int, method: str, bits: int) -> dict:
   x = rng.standard_normal((batch, *MODELS[name])).astype(np.float32)
   y = rng.integers(0, 10, batch).astype(np.int32)
   model = get_model(name, 10)
-  qmodel = compress(model, recipe_rules(method, discover(model, x), w_bits=bits, a_bits=bits))
+  sites = discover(model, x, train=False)
+  qmodel = compress(model, recipe_rules(method, sites, w_bits=bits, a_bits=bits))
   runs = {"float": _step_and_state(model, x, y), "qat": _step_and_state(qmodel, x, y)}
   times = {k: [] for k in runs}
   states = {k: r[1] for k, r in runs.items()}

@@ -43,8 +43,8 @@ def measure(method: str | None, batch: int, warmup: int, steps: int) -> dict:
                     rng.integers(0, 10, batch * total).astype(np.int32))
   model = get_model("resnet20", 10)
   if method is not None:
-    model = compress(model, recipe_rules(method, discover(model, data.x[:1]), w_bits=4,
-                                         a_bits=4))
+    model = compress(model, recipe_rules(method, discover(model, data.x[:1], train=False),
+                                         w_bits=4, a_bits=4))
   optimizer = optax.sgd(0.01, momentum=0.9)
   state = create_train_state(model, optimizer, data.x[:batch], jax.random.PRNGKey(0))
   cfg = TrainConfig(steps=total, batch_size=batch, log_every_steps=warmup,

@@ -12,8 +12,9 @@ from typing import Any
 
 MODEL_HEADER = ("model", "test acc (served)", "fake-quant", "bytes", "vs float", "BitOPs",
                 "time")
-LAYER_HEADER = ("layer", "kind", "MACs", "params", "bits w/a", "sparsity", "zeros served",
-                "bytes float -> served", "BitOPs")
+LAYER_HEADER = ("site", "op", "served as", "MACs", "params", "bits w/a", "sparsity",
+                "zeros served", "bytes float -> served", "BitOPs")
+_OPS = {"dot_general": "dot", "conv_general_dilated": "conv"}
 
 
 def _pct(x: float | None) -> str:
@@ -47,11 +48,12 @@ def model_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def layer_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
-  """One row per site of the student."""
+  """One row per weight site of the student (``module/param``), with its serving path."""
   rows = []
   for layer in summary["layers"]:
     sparsity = layer["sparsity"]
-    rows.append((layer["path"], layer["kind"], _count(layer["macs"]), f"{layer['params']:,}",
+    rows.append((layer["site"], _OPS.get(layer["op"], layer["op"]), layer["serving_path"],
+                 _count(layer["macs"]), f"{layer['params']:,}",
                  f"{_bits(layer['w_bits'])}/{_bits(layer['a_bits'])}",
                  "-" if sparsity is None else f"{100 * sparsity:.1f}%",
                  f"{100 * layer['served_zeros']:.1f}%",
@@ -71,7 +73,7 @@ def check_lines(summary: dict[str, Any]) -> list[str]:
       f"{c['max_logit_diff']:.2e})",
       f"pruned weights exactly zero in the served kernels: "
       f"{'yes' if c['pruned_zero_when_served'] else 'NO'}",
-      f"kernel dispatcher ({d['platform']}, {d['rows']} rows) for the served Dense layers: "
+      f"kernel dispatcher ({d['platform']}, {d['rows']} rows) for the served dot sites: "
       f"{backends}",
   ]
 

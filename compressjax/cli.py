@@ -23,7 +23,8 @@ def run_demo(workdir: str = "runs/demo", *, overrides: Sequence[str] = (),
   """The main job (:func:`compressjax.pipeline.run_story`); returns the ``summary.json`` dict.
 
   Float teacher -> uniform QAT baselines -> a W4A4, 50%-pruned, distilled student -> packed
-  integers served through the kernel dispatcher -> report (JSON, Markdown, PNG) in ``workdir``.
+  integers served (int8 dot/conv, low-bit kernels or XLA dequantize, per site) -> report (JSON,
+  Markdown, PNG) in ``workdir``.
   """
   from compressjax.pipeline import run_story  # pylint: disable=g-import-not-at-top
 

@@ -39,7 +39,8 @@ Notes (measured, see the JSON for every run):
   (chance accuracy on all seeds). `sat_centered` (the later centered grid, +1/2 before dividing)
   trains normally at 3 and 2 bits.
 - The quantized models are evaluated after export: the accuracy is that of packed integer
-  weights served through the kernel dispatcher, equal to the fake-quant model's.
+  weights on each site's serving path (``compressjax.export.serving_paths``: int8 dot/conv,
+  low-bit kernel or XLA dequantize), equal to the fake-quant model's.
 """
 
 

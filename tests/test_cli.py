@@ -111,6 +111,10 @@ def test_one_epoch_demo_then_eval(capsys, tmp_path, data_dir):
     assert f"{m['label']}  " in out and f"{100 * m['accuracy']:.2f}%" in out
     assert f"{m['bytes']:,}" in out
   assert "pruned weights exactly zero in the served kernels: yes" in out
+  lines = out.splitlines()
+  for layer in summary["layers"]:  # every site's row shows how it is served, beside its bits
+    row = next(line for line in lines if line.startswith(layer["site"] + " "))
+    assert layer["serving_path"] in row, row
   assert str(workdir / "summary.md") in out
   main(["eval", "--workdir", str(workdir / "float")])
   out = capsys.readouterr().out

@@ -51,21 +51,26 @@ def test_served_student_equals_fake_quant(story_run):
   assert checks["prediction_mismatches"] == {"qat_w4a4": 0, "student": 0}
   assert checks["max_logit_diff"] < 1e-4
   assert checks["pruned_zero_when_served"] is True
-  assert set(checks["dispatch"]["backends"]) == {"hidden", "head"}  # the CNN's Dense layers
+  assert set(checks["dispatch"]["backends"]) == {"hidden/kernel", "head/kernel"}  # dot sites
 
 
 def test_sparsity_bits_and_costs_are_consistent(story_run):
   _, s, _ = story_run
-  layers = {layer["path"]: layer for layer in s["layers"]}
-  assert list(layers) == ["conv0", "conv1", "hidden", "head"]  # call order
+  layers = {layer["site"]: layer for layer in s["layers"]}
+  assert list(layers) == ["conv0/kernel", "conv1/kernel", "hidden/kernel", "head/kernel"]
+  assert [layer["module"] for layer in layers.values()] == ["conv0", "conv1", "hidden", "head"]
+  paths = {n: layer["serving_path"] for n, layer in layers.items()}
+  assert set(paths.values()) <= {"int8 dot", "int8 conv", "kernel", "xla dequant", "float"}
+  assert paths["conv0/kernel"] != "float" and paths["head/kernel"] != "float", paths
   pruned = [p for p, layer in layers.items() if layer["sparsity"] is not None]
-  assert pruned == ["conv1", "hidden"]  # first and last layer stay dense
+  assert pruned == ["conv1/kernel", "hidden/kernel"]  # first and last layer stay dense
   for p in pruned:
     assert abs(layers[p]["sparsity"] - 0.5) < 0.01
     assert layers[p]["served_zeros"] >= layers[p]["sparsity"]
   assert abs(s["student"]["sparsity"]["pruned_layers"] - 0.5) < 0.01
   bits = {p: (layer["w_bits"], layer["a_bits"]) for p, layer in layers.items()}
-  assert bits == {"conv0": (8, None), "conv1": (4, 4), "hidden": (4, 4), "head": (8, 8)}
+  assert bits == {"conv0/kernel": (8, None), "conv1/kernel": (4, 4), "hidden/kernel": (4, 4),
+                  "head/kernel": (8, 8)}
   for layer in layers.values():
     w, a = layer["w_bits"], layer["a_bits"] or 32  # a float input counts 32 bits
     assert layer["bitops"] == layer["macs"] * w * a
@@ -82,9 +87,10 @@ def test_student_rules_wrap_every_weight_quantizer_in_keep_zeros():
   sites = discover(CNN(), x)
   rules = student_rules(Story(w_bits=3, a_bits=5), sites)
   assert all(isinstance(r.weight, KeepZeros) for r in rules)
-  w, a = site_bits(rules, [site.path for site in sites])
-  assert w == {"conv0": 8, "conv1": 3, "hidden": 3, "head": 8}
-  assert a == {"conv0": None, "conv1": 5, "hidden": 5, "head": 8}
+  w, a = site_bits(rules, sites)
+  assert w == {"conv0/kernel": 8, "conv1/kernel": 3, "hidden/kernel": 3, "head/kernel": 8}
+  assert a == {"conv0/kernel": None, "conv1/kernel": 5, "hidden/kernel": 5, "head/kernel": 8}
+  assert site_bits(rules, [site.name for site in sites]) == (w, a)
 
 
 @pytest.mark.parametrize("field, value", [("sparsity", 1.0), ("prune_until", 0.0),

@@ -20,11 +20,13 @@ def test_readme_example_quantizes_and_serves_an_unknown_model():
   q4 = cj.quant.LSQ(bits=4)
   model = cj.compress(MyNet(), [cj.Rule(pattern="^head$"), cj.Rule(pattern=".", weight=q4)])
   variables = model.init(jax.random.key(0), x)
-  serving_model, serving_vars = cj.export(model, variables)
+  serving_model, serving_vars = cj.export(model, variables, x)  # example inputs fix the trace
   logits = jax.jit(serving_model.apply)(serving_vars, x)
   np.testing.assert_allclose(logits, model.apply(variables, x), rtol=1e-5, atol=1e-5)
-  assert isinstance(serving_vars["params"]["body"]["kernel"], cj.QArray)
-  assert serving_vars["params"]["body"]["kernel"].packed.dtype == jnp.uint8
+  body = serving_vars["served"]["body"]["kernel"]["weight"]
+  assert isinstance(body, cj.QArray) and body.packed.dtype == jnp.uint8
+  assert "kernel" not in serving_vars["params"]["body"]  # the QArray replaces it
+  assert isinstance(serving_vars["params"]["head"]["kernel"], jax.Array)  # kept float
   assert cj.size_report(serving_vars).total_bytes < 0.3 * cj.size_report(variables).total_bytes
 
 
@@ -45,8 +47,9 @@ def test_new_user_model_to_4_bits_and_50_percent_sparsity_served():
   step = make_train_step(model, tx)
   for _ in range(3):
     state, _ = step(state, batch)
-  serving_model, serving_vars = cj.export(model, state.variables)
-  served_kernel = np.asarray(serving_vars["params"]["body"]["kernel"].dequantize())
+  serving_model, serving_vars = cj.export(
+      model, state.variables, jax.ShapeDtypeStruct(batch["image"].shape, np.float32))
+  served_kernel = np.asarray(serving_vars["served"]["body"]["kernel"]["weight"].dequantize())
   assert abs((served_kernel == 0).mean() - 0.5) < 0.02
   np.testing.assert_allclose(jax.jit(serving_model.apply)(serving_vars, batch["image"]),
                              model.apply(state.variables, batch["image"]), rtol=1e-5, atol=1e-5)

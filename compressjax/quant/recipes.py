@@ -1,8 +1,11 @@
 """Named QAT recipes: which weight and activation quantizers a method uses, and its rules.
 
 ``recipe_rules("lsq", sites, w_bits=4, a_bits=4)`` gives the rules most papers use: the first
-site keeps a float input and 8-bit weights, the last site 8-bit weights and inputs, every other
-site ``w_bits`` / ``a_bits``. Activation quantizers are unsigned (inputs follow a ReLU).
+weight site keeps a float input and 8-bit weights, the last weight site 8-bit weights and
+inputs, every other site ``w_bits`` / ``a_bits``. ``sites`` are
+:func:`compressjax.core.discover`'s (the edge rules match their exact names, e.g.
+``^conv0/kernel$``); activation x activation sites (attention products) stay float.
+Activation quantizers are unsigned (inputs follow a ReLU).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def recipe(method: str, w_bits: int, a_bits: int) -> tuple[Any, Any]:
 def recipe_rules(
     method: str, sites: Sequence[Any], *, w_bits: int, a_bits: int, edge_bits: int = 8
 ) -> list[Rule]:
-  """Rules for ``method``: ``w_bits``/``a_bits`` inside, ``edge_bits`` at the first/last site."""
+  """Rules for ``method``: ``w_bits``/``a_bits`` inside, ``edge_bits`` at the first/last
+  weight site of ``sites`` (discovered sites, named ``module/param``)."""
   weight, act = recipe(method, w_bits, a_bits)
   edge_weight, edge_act = recipe(method, edge_bits, edge_bits)
   return with_edges(
