@@ -116,19 +116,34 @@ class Switchable:
 
   def update(self, x: Array, params: dict, stats: dict) -> dict:
     q, k = self._active, key(self.active)
-    return {**stats, k: q.update(x, params[k], stats[k])}
+    p, s = self._own(x, params, stats)
+    return {**stats, k: q.update(x, p, s)}
 
   def fake(self, x: Array, params: dict, stats: dict) -> Array:
-    k = key(self.active)
-    return self._active.fake(x, params[k], stats[k])
+    return self._active.fake(x, *self._own(x, params, stats))
 
   def quantize(self, x: Array, params: dict, stats: dict):
-    k = key(self.active)
-    return self._active.quantize(x, params[k], stats[k])
+    return self._active.quantize(x, *self._own(x, params, stats))
 
   def export(self, x: Array, params: dict, stats: dict):
+    return self._active.export(x, *self._own(x, params, stats))
+
+  def _own(self, x: Array, params: dict, stats: dict) -> tuple[Any, Any]:
+    """The active switch's ``(params, stats)``. A state without leaves may be missing (the
+    core's export passes ``{}`` for an operand state that has no leaves): its empty structure
+    is rebuilt from the quantizer's ``init``."""
     k = key(self.active)
-    return self._active.export(x, params[k], stats[k])
+    params, stats = params or {}, stats or {}
+    if k in params and k in stats:
+      return params[k], stats[k]
+    empty_p, empty_s = jax.eval_shape(self._active.init, x)
+    p, s = params.get(k, empty_p), stats.get(k, empty_s)
+    for what, v in (("params", p), ("stats", s)):
+      if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(v)):
+        raise ValueError(f"Switchable: no {what} for its {self.active}-bit switch (keys "
+                         f"{sorted((params if what == 'params' else stats))}); initialise the "
+                         "model with the same bits_list")
+    return p, s
 
   @property
   def _active(self) -> Quantizer:

@@ -130,3 +130,13 @@ def test_bad_switch_requests_are_refused(setup):
     ab.Switchable((SAT(bits=8), SAT(bits=4)), active=3)
   with pytest.raises(TypeError, match="not an AdaBits model"):
     ab.at_bits(CNN(), 4)
+
+
+def test_export_at_a_bit_width_serves_what_the_fake_quant_model_computes(setup):
+  _, x, _, _, am, v = setup
+  from compressjax.export import export, serving_paths  # pylint: disable=g-import-not-at-top
+
+  m4 = ab.at_bits(am, 4)
+  served, serving_vars = export(m4, v, x)
+  np.testing.assert_allclose(served.apply(serving_vars, x), m4.apply(v, x), rtol=1e-5, atol=1e-5)
+  assert serving_paths(served, serving_vars, x)["hidden/kernel"][0] == "int8 dot"
