@@ -2,8 +2,9 @@
 
 Weight decay applies to kernels only (arrays of rank >= 2): biases and BatchNorm/LayerNorm
 scales are left alone, the usual recipe for CNNs and transformers, and so are the quantizer
-parameters of a compressed model (step sizes, clip levels: ``kernel_*``/``input_*``, whatever
-their rank, e.g. per-channel steps shaped like ``(1, 1, 1, C)``).
+parameters of a compressed model (step sizes, clip levels under ``params["compressjax"]``,
+labelled by :func:`compressjax.param_labels`, whatever their rank, e.g. per-channel steps
+shaped like ``(1, 1, 1, C)``).
 """
 
 from typing import Any

@@ -33,7 +33,10 @@ def init_examples(train: Split) -> np.ndarray:
 
 def quantize_model(cfg: QuantConfig, model: nn.Module, example: np.ndarray) -> nn.Module:
   """``model`` compressed with the rules of ``cfg.method`` (``example``: one input batch)."""
-  rules = recipe_rules(cfg.method, discover(model, example), w_bits=cfg.w_bits,
+  # One zero example: sites do not depend on the batch size, and ``example`` may be abstract
+  # (a ShapeDtypeStruct, as ``setup(abstract=True)`` passes).
+  one = np.zeros((1, *example.shape[1:]), example.dtype)
+  rules = recipe_rules(cfg.method, discover(model, one, train=False), w_bits=cfg.w_bits,
                        a_bits=cfg.a_bits, edge_bits=cfg.edge_bits)
   return compress(model, rules)
 

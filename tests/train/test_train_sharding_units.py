@@ -171,7 +171,9 @@ def test_recipe_configs_load_and_fail_fast_offline(name, tmp_path):
 
 
 def test_no_weight_decay_on_quantizer_parameters():
-  params = {"conv": {"kernel": np.ones((3, 3, 1, 4)), "kernel_step": np.ones((1, 1, 1, 4)),
-                     "input_alpha": np.ones(()), "bias": np.ones(4)}}
-  assert decay_mask(params) == {"conv": {"kernel": True, "kernel_step": False,
-                                         "input_alpha": False, "bias": False}}
+  params = {"conv": {"kernel": np.ones((3, 3, 1, 4)), "bias": np.ones(4)},
+            "compressjax": {"conv": {"kernel": {"weight": {"step": np.ones((1, 1, 1, 4))},
+                                                "input": {"alpha": np.ones(())}}}}}
+  assert decay_mask(params) == {
+      "conv": {"kernel": True, "bias": False},
+      "compressjax": {"conv": {"kernel": {"weight": {"step": False}, "input": {"alpha": False}}}}}
