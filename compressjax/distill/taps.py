@@ -1,10 +1,19 @@
-"""Intermediate features of an unmodified Flax Linen model, by '/'-joined module path.
+"""Intermediate features of an unmodified model, by '/'-joined module path.
 
-Uses ``capture_intermediates`` with a filter, so neither teacher nor student code is edited. A
-module's feature is the output of its ``__call__`` (of its last call when it is called more than
-once). Works under ``jit``; the path check happens while tracing.
+Linen: the model runs once through ``apply`` with a method that records, with
+``nn.intercept_methods``, the output of every tapped module's ``__call__`` and returns it beside
+the model's output, so neither teacher nor student code is edited and a ``compress``-ed model
+works too (its apply runs the same method under compression: the features are the compressed
+ones). NNX: a throw-away merged copy of the module runs with the tapped submodules' classes
+swapped for subclasses that record their outputs; state updates (BatchNorm statistics) are
+written back to the model. A module's feature is the output of its ``__call__`` (of its last
+call when it is called more than once). Works under ``jit``; the path check happens while
+tracing. Modules inside Linen lifted transforms (``nn.scan``) cannot be tapped.
 """
 
+from __future__ import annotations
+
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,66 +23,152 @@ import jax
 from compressjax.core.matching import path_str
 
 
-def apply_with_taps(model: nn.Module, variables: Any, *args: Any, paths: Sequence[str],
-                    mutable: bool | str | Sequence[str] = False,
-                    **apply_kwargs: Any) -> tuple[Any, dict[str, Any], Any]:
-  """Runs ``model.apply`` once and returns (output, {path: feature}, mutated state).
-
-  ``mutable`` is passed to ``apply`` (e.g. ``["batch_stats"]``); the state is ``{}`` when False.
-  Raises ValueError naming the available paths when a requested path is not a module of the model.
-  """
+def _check_paths(paths: Any) -> set[str]:
   if isinstance(paths, str):
     raise TypeError(f"paths must be a sequence of module paths, got the string {paths!r}")
-  wanted = set(paths)
+  return set(paths)
+
+
+def _missing(model: Any, wanted: set[str], seen: set[str]) -> None:
+  missing = sorted(wanted - seen)
+  if missing:
+    raise ValueError(f"tap path(s) {missing} are not modules of {type(model).__name__}; available "
+                     f"paths: {', '.join(sorted(seen)) or '(none)'}")
+
+
+def _call(mdl: Any, method: Any, args, kwargs):
+  if method is None:
+    return mdl(*args, **kwargs)
+  if isinstance(method, str):
+    return getattr(mdl, method)(*args, **kwargs)
+  return method(mdl, *args, **kwargs)
+
+
+def _tapped(mdl: nn.Module, *args: Any, wanted: frozenset, seen: set, method: Any = None,
+            **kwargs: Any):
+  feats: dict[str, Any] = {}
+
+  def record(next_fun, a, k, context):
+    out = next_fun(*a, **k)
+    if context.method_name == "__call__" and context.module.path:
+      path = path_str(context.module.path)
+      seen.add(path)
+      if path in wanted:
+        feats[path] = out
+    return out
+
+  with nn.intercept_methods(record):
+    out = _call(mdl, method, args, kwargs)
+  return out, feats
+
+
+def apply_with_taps(model: Any, variables: Any, *args: Any, paths: Sequence[str],
+                    mutable: bool | str | Sequence[str] = False,
+                    **apply_kwargs: Any) -> tuple[Any, dict[str, Any], Any]:
+  """Runs the model once and returns (output, {path: feature}, mutated state).
+
+  Linen: ``model.apply(variables, *args, mutable=mutable, **apply_kwargs)``; ``mutable`` is
+  passed to ``apply`` (e.g. ``["batch_stats"]``); the state is ``{}`` when False. A ``method``
+  keyword (name or function) selects the method, as in ``apply``. NNX: ``variables`` is ignored
+  (pass None), ``model(*args, **apply_kwargs)`` runs and the state is ``{}``.
+  Raises ValueError naming the available paths when a requested path is not a module of the model.
+  """
+  wanted = _check_paths(paths)
+  if not isinstance(model, nn.Module):
+    out, feats = _nnx_taps(model, args, apply_kwargs, wanted)
+    return out, {p: feats[p] for p in paths}, {}
   seen: set[str] = set()
-
-  def capture(mdl: nn.Module, method_name: str) -> bool:
-    if method_name != "__call__" or not mdl.path:
-      return False
-    path = path_str(mdl.path)
-    seen.add(path)
-    return path in wanted
-
   if mutable is False:
     mutable_cols: Any = []
   elif isinstance(mutable, str):
     mutable_cols = [mutable]
   else:
     mutable_cols = mutable if mutable is True else list(mutable)
-  out, state = model.apply(variables, *args, capture_intermediates=capture, mutable=mutable_cols,
-                           **apply_kwargs)
-  missing = sorted(wanted - seen)
-  if missing:
-    raise ValueError(f"tap path(s) {missing} are not modules of {type(model).__name__}; available "
-                     f"paths: {', '.join(sorted(seen)) or '(none)'}")
+  method = apply_kwargs.pop("method", None)
+  fn = functools.partial(_tapped, wanted=frozenset(wanted), seen=seen, method=method)
+  (out, feats), state = model.apply(variables, *args, method=fn, mutable=mutable_cols,
+                                    **apply_kwargs)
+  _missing(model, wanted, seen)
   state = dict(state)
-  inter = state.pop("intermediates", {})
-  feats = {p: _lookup(inter, p) for p in paths}
-  return out, feats, state
+  state.pop("intermediates", None)
+  return out, {p: feats[p] for p in paths}, state
 
 
-def taps(model: nn.Module, variables: Any, x: Any, paths: Sequence[str],
+def taps(model: Any, variables: Any, x: Any, paths: Sequence[str],
          **apply_kwargs: Any) -> dict[str, Any]:
   """{path: output of the module at path} for ``model.apply(variables, x, **apply_kwargs)``."""
   return apply_with_taps(model, variables, x, paths=paths, **apply_kwargs)[1]
 
 
-def _lookup(intermediates: Any, path: str) -> Any:
-  node = intermediates
-  for name in path.split("/"):
-    node = node[name]
-  return node["__call__"][-1]
+def available_paths(model: Any, variables: Any, *args: Any, **apply_kwargs: Any) -> list[str]:
+  """All module paths whose ``__call__`` runs in the model (traced abstractly, no compute)."""
+  if not isinstance(model, nn.Module):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
 
-
-def available_paths(model: nn.Module, variables: Any, *args: Any, **apply_kwargs: Any) -> list[str]:
-  """All module paths whose ``__call__`` runs in ``model.apply`` (traced abstractly, no compute)."""
-  seen: set[str] = set()
-
-  def record(mdl: nn.Module, method_name: str) -> bool:
-    if method_name == "__call__" and mdl.path:
-      seen.add(path_str(mdl.path))
-    return False
-
-  jax.eval_shape(lambda v, *a: model.apply(v, *a, capture_intermediates=record, mutable=True,
-                                           **apply_kwargs), variables, *args)
+    seen: set[str] = set()
+    graphdef, state = nnx.split(model)
+    jax.eval_shape(lambda st, a: _nnx_taps(nnx.merge(graphdef, st), a, dict(apply_kwargs), set(),
+                                           seen=seen)[0], state, args)
+    return sorted(seen)
+  seen = set()
+  method = apply_kwargs.pop("method", None)
+  fn = functools.partial(_tapped, wanted=frozenset(), seen=seen, method=method)
+  jax.eval_shape(lambda v, *a: model.apply(v, *a, method=fn, mutable=True, **apply_kwargs),
+                 variables, *args)
   return sorted(seen)
+
+
+# ---------------------------------------------------------------------------------------- NNX
+
+
+_RECORDERS: list[tuple[set, set, dict]] = []  # (seen, wanted, feats) of the running NNX taps
+
+
+@functools.cache
+def _recording_class(cls: type) -> type:
+  call = cls.__call__
+
+  def __call__(self, *args, **kwargs):
+    out = call(self, *args, **kwargs)
+    name = self.__dict__.get("_compressjax_tap")
+    if name is not None and _RECORDERS:
+      seen, wanted, feats = _RECORDERS[-1]
+      seen.add(name)
+      if name in wanted:
+        feats[name] = out
+    return out
+
+  return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                     "__qualname__": cls.__qualname__,
+                                     "_compressjax_recording": True})
+
+
+def _nnx_taps(model: Any, args, kwargs, wanted: set[str], seen: set[str] | None = None):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from compressjax.core import CompressedModule  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model, CompressedModule):
+    raise NotImplementedError("taps of a compressed NNX module: tap its uncompressed model "
+                              "(cm.model) or use a Linen model")
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"taps need a Linen or NNX module, got {type(model).__name__}")
+  seen = set() if seen is None else seen
+  feats: dict[str, Any] = {}
+  copy = nnx.merge(*nnx.split(model))
+  for path, sub in nnx.iter_modules(copy):
+    cls = type(sub)
+    if path and "__call__" in dir(cls) and cls.__call__ is not object.__call__:
+      name = "/".join(str(p) for p in path)
+      object.__setattr__(sub, "_compressjax_tap", name)
+      if not getattr(cls, "_compressjax_recording", False):
+        sub.__class__ = _recording_class(cls)
+  method = kwargs.pop("method", None)
+  _RECORDERS.append((seen, wanted, feats))
+  try:
+    out = _call(copy, method, args, kwargs)
+  finally:
+    _RECORDERS.pop()
+  nnx.update(model, nnx.state(copy))
+  _missing(model, wanted, seen)
+  return out, feats

@@ -21,7 +21,7 @@ from compressjax.prune.pruner import PrunerState, apply_masks, get_masks, prune_
 from compressjax.prune.ranking import Unstructured
 from compressjax.prune.report import format_report, sparsity_report
 from compressjax.prune.schedules import OneShot, Polynomial, one_shot, polynomial
-from compressjax.prune.selection import Rule, call_order, kernel_paths, select
+from compressjax.prune.selection import Rule, call_order, kernel_paths, select, weight_params
 from compressjax.prune.shrink import mask_channels, shrink
 from compressjax.prune.slimming import (channel_scores, slimming_keep, slimming_penalty,
                                         slimming_rules)
@@ -32,5 +32,5 @@ __all__ = [
     "compress_nm", "decompress_nm", "erk", "format_report", "get_masks", "kernel_paths",
     "magnitude", "mask_channels", "nm", "nm_mask", "one_shot", "polynomial", "prune_once",
     "pruner", "random", "saliency", "select", "shrink", "slimming_keep", "slimming_penalty",
-    "slimming_rules", "sparsity_report", "uniform",
+    "slimming_rules", "sparsity_report", "uniform", "weight_params",
 ]

@@ -1,7 +1,13 @@
 """Which kernels a pruner touches: regex rules over '/'-joined parameter paths.
 
-Candidates are the kernels of Dense/Conv-like layers: leaves named ``kernel`` with ndim >= 2 (never
-biases or norm parameters). By default the first and last of them (in call order) stay dense,
+Candidates are the weights of the model's ops: with ``order=call_order(model, variables, x)``
+every parameter that a ``dot_general`` / ``conv`` reads as a weight (``core.discover``'s weight
+sites: any layer, a custom layer's ``w``, an ``nn.scan`` stack's stacked kernel), in call order;
+without it, the leaves named ``kernel`` with ndim >= 2 (never biases or norm parameters).
+A stacked ``(L, ...)`` parameter of an ``nn.scan`` stack is pruned as ONE tensor (one mask over
+all layers; a global or per-tensor threshold covers the whole stack). Rules match parameter
+names like ``"conv1/kernel"`` with ``core.matching`` (``re.search`` in the name or its module
+path, so ``"^head$"`` selects the module ``head``). By default the first and last of them (in call order) stay dense,
 because they hold few weights and pruning them costs the most accuracy. Rules then decide, first
 match wins (``compressjax.core.matching``); with rules given, a kernel no rule matches stays dense.
 """
@@ -52,27 +58,40 @@ def kernel_paths(params: Any) -> list[str]:
   return sorted(paths, key=_natural_key)
 
 
-def call_order(model: nn.Module, variables: Any, *args: Any, **kwargs: Any) -> list[str]:
-  """Kernel paths in the order the model calls their layers (traced abstractly, no compute).
+def weight_params(model: Any, *args: Any, method: str | None = None, **kwargs: Any) -> list[str]:
+  """Paths of the parameters that the model's ops read as weights, in call order (no compute).
+
+  The weight sites of ``core.discover(model, *args, **kwargs)`` (Linen or NNX, compressed or
+  not): every ``dot_general`` / ``conv`` operand that is a parameter, in any layer (a custom
+  layer's ``w`` used by ``jnp.einsum``, ``Embed.attend``, an ``nn.scan`` stack's stacked
+  ``(L, K, N)`` kernel), deduplicated (a parameter read twice counts once, at its first use).
+  """
+  from compressjax.core import discover  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(model, nn.Module):
+    from compressjax.core import CompressedModule  # pylint: disable=g-import-not-at-top
+
+    if isinstance(model, CompressedModule):
+      model = model.model
+  sites = discover(model, *args, method=method, **kwargs)
+  order: list[str] = []
+  for site in sites:
+    if site.has_weight and site.param not in order:
+      order.append(site.param)
+  return order
+
+
+def call_order(model: Any, variables: Any = None, *args: Any, **kwargs: Any) -> list[str]:
+  """Weight parameter paths in call order (see :func:`weight_params`); pass it as ``order``.
 
   Flax returns parameters sorted by name, which is not the call order for models whose layers
-  have names ('stem', 'head'); pass this to a pruner's ``order`` to find the true first/last layer.
+  have names ('stem', 'head'); this tells a pruner the true first/last layer and also selects
+  weights that are not named ``kernel``. ``variables`` is not needed (the model is traced
+  abstractly) and is accepted for compatibility; keyword flags such as ``train=False`` stay
+  static Python values.
   """
-  order: list[str] = []
-
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    params = context.module.variables.get("params", {})
-    if context.method_name == "__call__" and "kernel" in params:
-      path = path_str((*context.module.path, "kernel"))
-      if path not in order:
-        order.append(path)
-    return out
-
-  with nn.intercept_methods(record):
-    # kwargs are closed over, not traced: flags such as train=False must stay Python values.
-    jax.eval_shape(lambda v, a: model.apply(v, *a, **kwargs), variables, args)
-  return order
+  del variables
+  return weight_params(model, *args, **kwargs)
 
 
 def select(
@@ -88,18 +107,21 @@ def select(
     params: the parameter pytree (the 'params' collection).
     layers: rules; None prunes every candidate. A rule that selects nothing is warned about.
     skip_first_last: keep the first and last kernel dense (decided before the rules apply).
-    order: kernel paths in call order (see ``call_order``); by default paths are naturally
-      sorted, which is the call order only for auto-named models (Conv_0, ..., Dense_1).
+    order: weight parameter paths in call order (``call_order`` / ``weight_params``): they are
+      then the candidates (any weight read by a dot/conv, whatever its name). By default the
+      candidates are the leaves named ``kernel``, naturally sorted, which is the call order only
+      for auto-named models (Conv_0, ..., Dense_1).
     warn: warn about unused rules.
   """
-  candidates = kernel_paths(params)
-  if order is not None:
-    unknown = [p for p in order if p not in candidates]
+  if order is None:
+    candidates = kernel_paths(params)
+  else:
+    leaves = dict(leaf_paths(params))
+    unknown = [p for p in order if p not in leaves or getattr(leaves[p], "ndim", 0) < 2]
     if unknown:
-      raise ValueError(f"order names paths that are not kernels of params: {unknown}; "
-                       f"kernels are {candidates}")
-    rank = {p: i for i, p in enumerate(order)}
-    candidates = sorted(candidates, key=lambda p: rank.get(p, len(rank)))
+      raise ValueError(f"order names paths that are not kernels (weight parameters, ndim >= 2) "
+                       f"of params: {unknown}; kernels are {kernel_paths(params)}")
+    candidates = list(dict.fromkeys(order))
   if skip_first_last:
     candidates = candidates[1:-1]
   if layers is None:

@@ -61,11 +61,11 @@ def test_composes_with_a_pruning_chain_and_a_quantized_student():
                                                layers=[PruneRule(pattern="hidden")]))
   step = make_distill_step(qstudent, tx, TEACHER, T_VARS, hinton_objective())
   state = _state(qstudent, tx)
-  step0 = state.params["conv1"]["kernel_step"]
+  step0 = state.params["compressjax"]["conv1"]["kernel"]["weight"]["step"]
   for _ in range(3):
     state, m = step(state, {"image": X, "label": Y})
   assert np.isfinite(float(m["loss"]))
   hidden = np.asarray(state.params["hidden"]["kernel"])
   assert np.mean(hidden == 0.0) >= 0.5  # pruned weights stay exactly zero
-  assert not np.allclose(state.params["conv1"]["kernel_step"], step0)  # LSQ step is learned
+  assert not np.allclose(state.params["compressjax"]["conv1"]["kernel"]["weight"]["step"], step0)  # LSQ step is learned
   assert "quant_stats" in state.model_state or "batch_stats" in state.model_state
