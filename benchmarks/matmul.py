@@ -1,4 +1,7 @@
-"""Benchmark of the low-bit matmuls against a bf16 dot (a script, never a test).
+"""Wall-clock benchmark of the dispatcher's paths against a bf16 dot (a script, never a test).
+
+One Python call per sample: on a GPU this measures dispatch more than a small matmul (a 4096^2
+int4 GEMV is ~2 us on an H200). Device timing lives in ``benchmarks/matmul_device.py``.
 
 Full sweep (meant for a GPU/TPU):
   python benchmarks/matmul.py
