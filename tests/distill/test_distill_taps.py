@@ -66,3 +66,26 @@ def test_unknown_path_is_refused_with_the_available_paths():
   with pytest.raises(TypeError, match="sequence"):
     taps(model, v, X, "conv0")
   assert available_paths(model, v, X) == ["bn0", "bn1", "conv0", "conv1", "head", "hidden"]
+
+
+def test_taps_of_an_nnx_module_by_submodule_path():
+  import jax.numpy as jnp
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Linear(4, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.b = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(self.bn(self.a(x)))
+
+  net, x = Net(nnx.Rngs(0)), jnp.ones((2, 4))
+  out, feats, _ = apply_with_taps(net, None, x, paths=["a", "b"])
+  np.testing.assert_allclose(feats["b"], out, rtol=1e-6)
+  np.testing.assert_allclose(feats["a"], net.a(x), rtol=1e-6)
+  assert type(net.a) is nnx.Linear  # the model itself is not modified
+  assert available_paths(net, None, x) == ["a", "b", "bn"]
+  with pytest.raises(ValueError, match="available paths: a, b, bn"):
+    taps(net, None, x, ["c"])

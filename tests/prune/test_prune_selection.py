@@ -70,3 +70,45 @@ def test_call_order_accepts_static_keyword_flags():
   variables = model.init(jax.random.PRNGKey(0), x)
   order = call_order(model, variables, x, train=False)
   assert order == ["conv0/kernel", "conv1/kernel", "hidden/kernel", "head/kernel"]
+
+
+class Custom(nn.Module):
+  """A layer whose weight is a param named 'w' read by jnp.einsum (no Dense/Conv)."""
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("w", nn.initializers.normal(1.0), (x.shape[-1], 6))
+    return jnp.einsum("bk,kn->bn", x, w)
+
+
+class Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    return nn.Dense(x.shape[-1], name="fc")(x), None
+
+
+class Stacked(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(6, name="stem")(x)
+    x = Custom(name="mix")(x)
+    x, _ = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                   length=3)(name="layers")(x, None)
+    return nn.Dense(2, name="head")(x)
+
+
+def test_discovered_weights_include_custom_and_scan_stacked_params():
+  model, x = Stacked(), jnp.ones((2, 4))
+  params = model.init(jax.random.key(0), x)["params"]
+  order = prune.call_order(model, None, x)
+  assert order == ["stem/kernel", "mix/w", "layers/fc/kernel", "head/kernel"]
+  assert prune.select(params, order=order) == ["mix/w", "layers/fc/kernel"]
+  rules = [prune.Rule("^head$"), prune.Rule("mix")]
+  assert prune.select(params, rules, skip_first_last=False, order=order) == ["mix/w", "head/kernel"]
+  # the stacked (L, K, N) kernel is pruned as one tensor; custom 'w' too
+  pruned, masks = prune.prune_once(prune.magnitude(0.5, order=order), params)
+  for path in (("mix", "w"), ("layers", "fc", "kernel")):
+    m = masks[path[0]][path[1]] if len(path) == 2 else masks[path[0]][path[1]][path[2]]
+    assert (~m).mean() == pytest.approx(0.5, abs=0.05)
+  assert masks["head"]["kernel"] is None and masks["stem"]["kernel"] is None
+  assert pruned["layers"]["fc"]["kernel"].shape == (3, 6, 6)
