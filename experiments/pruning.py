@@ -122,11 +122,11 @@ def nonzero_params(params: Any) -> int:
 
 
 def masked_macs(model: nn.Module, example: jax.Array, params: Any) -> float:
-  """MACs per example with each site's MACs scaled by its kernel's density."""
+  """MACs per example with each site's MACs scaled by its weight parameter's density."""
   prof = cost.profile(model, example)
-  density = {p.rsplit("/", 1)[0]: np.count_nonzero(np.asarray(x)) / x.size
-             for p, x in prune.selection.leaf_paths(params) if p.endswith("kernel")}
-  return float(sum(s.macs * density.get(s.path, 1.0) for s in prof.sites))
+  density = {p: np.count_nonzero(np.asarray(x)) / x.size
+             for p, x in prune.selection.leaf_paths(params) if np.ndim(x) >= 2}
+  return float(sum(s.macs * density.get(s.param, 1.0) for s in prof.sites))
 
 
 def measure(run: Runner, model: nn.Module, variables: Any, acc: float,
