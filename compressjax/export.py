@@ -32,8 +32,9 @@ import numpy as np
 from jax import lax
 
 from compressjax.core.checks import check_finite
-from compressjax.core.compress import (SERVED, SITE_PARAMS, STATS, Compression, as_dict, is_compressed,
-                                       join_state, site_error, trace_linen, weight_view)
+from compressjax.core.compress import (SERVED, SITE_PARAMS, STATS, Compression, as_dict,
+                                       is_compressed, join_state, operand_state, site_error,
+                                       trace_linen, weight_view)
 from compressjax.core.trace import Site, operand_of
 from compressjax.core.tree_paths import flat_paths, get_path, set_path
 from compressjax.qarray import QArray
@@ -71,7 +72,7 @@ def export(model: Any, variables: dict | None = None, *args: Any, backend: str |
   serving = {k: v for k, v in variables.items() if k not in ("params", STATS)}
   serving["params"] = user
   serving[SERVED] = served
-  spec = dataclasses.replace(model.compression, serve=True, backend=backend, absent=absent)
+  spec = dataclasses.replace(model.compression, serve=serve_handler, backend=backend, absent=absent)
   return model.clone(compression=spec), serving
 
 
@@ -89,8 +90,7 @@ def export_sites(spec: Compression, tr, param_value, state: dict):
     if site.has_weight and weight_t is not None:
       w = param_value(site.param)
       check_finite({site.param: w}, f"export of site {site.name!r}")
-      entry["weight"] = _export_weight(site, weight_t, w, st["params"].get("weight", {}),
-                                       st["stats"].get("weight", {}))
+      entry["weight"] = _export_weight(site, weight_t, w, st["params"], st["stats"])
       exported_params.add(site.param)
     for operand in site.operands:
       if operand != "weight" and operand in st["params"] or operand in st["stats"]:
@@ -114,9 +114,13 @@ def _has_weight_rule(spec, tr, name):
   return rule is not None and rule.weight is not None
 
 
-def _export_weight(site: Site, transform, param, params, stats) -> QArray:
+def _export_weight(site: Site, transform, param, site_params, site_stats) -> QArray:
   view, _ = weight_view(site)
   depth = len(site.stack)
+  one_layer = jax.ShapeDtypeStruct(tuple(site.shapes[site.weight_index]), site.dtypes[
+      site.weight_index])
+  params, stats = operand_state(transform, jax.eval_shape(view, one_layer), site_params,
+                                site_stats, "weight", site)
 
   def one(w, p, s):
     return transform.export(view(w), p, s)
@@ -124,9 +128,11 @@ def _export_weight(site: Site, transform, param, params, stats) -> QArray:
   f = one
   for _ in range(depth):
     f = jax.vmap(f)
-  operand = jax.jit(lambda a: operand_of(site, a))(param)
+  operand = operand_of(site, param)
   try:
-    return jax.jit(f)(operand, params, stats)
+    # Eager, like the fake-quant forward users compare with: a zero point on a rounding tie
+    # (Uniform's round(lo / scale)) can land differently when XLA fuses the division.
+    return f(operand, params, stats)
   except ValueError as e:
     raise site_error(site, "weight", operand, e) from e
 
@@ -157,7 +163,7 @@ def _export_nnx(module, backend):
   for path, var in nnx.iter_graph(copy):
     if isinstance(var, nnx.Param) and "/".join(map(str, path)) in drop:
       var.set_value(jnp.zeros((0,), var.get_value().dtype))
-  spec = dataclasses.replace(module.compression, serve=True, backend=backend, absent=absent)
+  spec = dataclasses.replace(module.compression, serve=serve_handler, backend=backend, absent=absent)
   out = nnx_compress.CompressedModule(copy, spec, {}, {}, served, example)
   out.use_running_average = True
   return out

@@ -48,7 +48,8 @@ class Compression:
 
   Attributes:
     rules: the rules, first match wins.
-    serve: serving mode: sites read exported QArrays (built by :func:`compressjax.export`).
+    serve: serving mode: a site-handler factory ``serve(spec)`` (set by
+      :func:`compressjax.export`, so the core never imports the serving layer); None: training.
     backend: kernel dispatcher backend used when serving (None: automatic).
     interceptors: Linen ``nn.intercept_methods`` interceptors entered around the model, for
       methods that act on layers other than sites (AdaBits' switchable BatchNorm). Hashable.
@@ -57,7 +58,7 @@ class Compression:
   """
 
   rules: tuple[Rule, ...] = ()
-  serve: bool = False
+  serve: Callable | None = None
   backend: str | None = None
   interceptors: tuple[Callable, ...] = ()
   absent: tuple[tuple[str, tuple[int, ...], str], ...] = ()
@@ -183,9 +184,7 @@ def run(fn: Callable, args: tuple, param_paths: list, spec: Compression,
   if init:
     warn_unused(spec.rules, tr.site_list)
   if spec.serve:
-    from compressjax.export import serve_handler  # pylint: disable=g-import-not-at-top
-
-    handler = serve_handler(spec)
+    handler = spec.serve(spec)
   else:
     handler = functools.partial(_fake_handler, spec, init, update_stats)
   flat = jax.tree_util.tree_leaves(args)
@@ -210,14 +209,14 @@ def _fake_handler(spec: Compression, init: bool, update_stats: bool, site: Site,
     x = view(ins[index])
     try:
       if init:
+        # The init pass sees stats as if calibrated on its batch; model.init stores them fresh
+        # (static quantizers still demand calibration), init_from stores the calibrated ones.
         p, s = t.init(x)
-        y = t.fake(x, p, t.update(x, p, s))
+        calibrated = t.update(x, p, s)
+        y = t.fake(x, p, calibrated)
+        s = calibrated if update_stats else s
       else:
-        p, s = params.get(operand), stats.get(operand)
-        if p is None or s is None:
-          empty_p, empty_s = jax.eval_shape(t.init, x)
-          p = _no_leaves(empty_p, site, operand) if p is None else p
-          s = _no_leaves(empty_s, site, operand) if s is None else s
+        p, s = operand_state(t, x, params, stats, operand, site)
         if update_stats:
           s = t.update(x, p, s)
         y = t.fake(x, p, s)
@@ -227,6 +226,27 @@ def _fake_handler(spec: Compression, init: bool, update_stats: bool, site: Site,
     outs[index] = unview(y)
   new = {"params": params, "stats": stats} if (init or update_stats) else None
   return site.bind(*outs), new
+
+
+def _merge_new(base: dict, extra: dict) -> dict:
+  """``base`` plus the entries of ``extra`` it lacks (recursively); ``base`` wins."""
+  out = dict(base)
+  for k, v in extra.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(out[k], dict) and isinstance(v, dict):
+      out[k] = _merge_new(out[k], v)
+  return out
+
+
+def operand_state(t, x, params: dict, stats: dict, operand: str, site: Site):
+  """``(params, stats)`` of one operand's transform; empty states rebuilt from ``t.init``."""
+  p, s = params.get(operand), stats.get(operand)
+  if p is None or s is None:
+    empty_p, empty_s = jax.eval_shape(t.init, x)
+    p = _no_leaves(empty_p, site, operand) if p is None else p
+    s = _no_leaves(empty_s, site, operand) if s is None else s
+  return p, s
 
 
 def _no_leaves(structure, site: Site, operand: str):
@@ -346,7 +366,8 @@ def _linen_inputs(module, variables, args, kwargs, *, rngs, method, mutable):
   return fn, fn_args, paths, frozenset(absent), site_params, site_stats
 
 
-def _linen_call(module, variables, args, kwargs, *, rngs, method, mutable, init):
+def _linen_call(module, variables, args, kwargs, *, rngs, method, mutable, init,
+                calibrate=True):
   """Runs the base model's ``apply`` under the compression; returns (apply's output, Run)."""
   fn, fn_args, paths, absent, site_params, site_stats = _linen_inputs(
       module, variables, args, kwargs, rngs=rngs, method=method, mutable=mutable)
@@ -361,7 +382,8 @@ def _linen_call(module, variables, args, kwargs, *, rngs, method, mutable, init)
     return join_state(tr.site_list, site_params, site_stats)
 
   return run(fn, fn_args, paths, spec, state_of,
-             init=init, update_stats=init or _is_mutable(mutable, STATS), absent=absent)
+             init=init, update_stats=calibrate if init else _is_mutable(mutable, STATS),
+             absent=absent)
 
 
 def trace_linen(module, variables, *args, method=None, **kwargs) -> trace_lib.Trace:
@@ -369,7 +391,7 @@ def trace_linen(module, variables, *args, method=None, **kwargs) -> trace_lib.Tr
   if not is_compressed(module):
     module = _compressed_class(type(module))(**_fields(module, type(module)))
   fn, fn_args, paths, _, _, _ = _linen_inputs(module, variables, args, kwargs, rngs={},
-                                              method=method, mutable=False)
+                                              method=method, mutable=True)
   return trace_lib.trace(fn, fn_args, paths)
 
 
@@ -412,9 +434,10 @@ def _compressed_class(base: type) -> type:
     rngs = rngs if isinstance(rngs, dict) else {"params": rngs}
     variables = as_dict(variables)
     out, result = _linen_call(self, variables, args, kwargs, rngs=rngs, method=method,
-                              mutable=True, init=True)
+                              mutable=True, init=True, calibrate=False)
     params, stats = split_state(result.state)
-    variables = dict(variables)
+    # Variables that interceptors create (AdaBits' switchable BatchNorm) appear only now.
+    variables = _merge_new(variables, as_dict(out[1]))
     if params:
       variables["params"] = {**variables["params"], SITE_PARAMS: params}
     if stats:

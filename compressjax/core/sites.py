@@ -30,8 +30,8 @@ def discover(model: Any, *args: Any, method: str | None = None, **kwargs: Any) -
 
   if isinstance(model, nn.Module):
     plain = uncompressed(model)
-    variables = jax.eval_shape(lambda: plain.init(jax.random.key(0), *args, method=method,
-                                                  **kwargs))
+    variables = jax.eval_shape(
+        lambda *a: plain.init(jax.random.key(0), *a, method=method, **kwargs), *args)
     return trace_linen(plain, variables, *args, method=method, **kwargs).site_list
   from compressjax.core.nnx_compress import trace_nnx  # pylint: disable=g-import-not-at-top
 
