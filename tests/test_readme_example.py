@@ -53,3 +53,26 @@ def test_new_user_model_to_4_bits_and_50_percent_sparsity_served():
   assert abs((served_kernel == 0).mean() - 0.5) < 0.02
   np.testing.assert_allclose(jax.jit(serving_model.apply)(serving_vars, batch["image"]),
                              model.apply(state.variables, batch["image"]), rtol=1e-5, atol=1e-5)
+
+
+def test_readme_nnx_example_serves_what_it_trains():
+  import optax
+  from flax import nnx
+
+  class MyNNXNet(nnx.Module):
+    def __init__(self, rngs):
+      self.w = nnx.Param(jax.random.normal(rngs.params(), (64, 10)) * 0.1)
+
+    def __call__(self, x):
+      return jnp.einsum("bi,io->bo", x.reshape(len(x), -1), self.w[...])
+
+  x = jax.random.normal(jax.random.key(1), (8, 8, 8, 1))
+  q4 = cj.quant.LSQ(bits=4)
+  model = cj.compress(MyNNXNet(nnx.Rngs(0)), [cj.Rule(pattern=".", weight=q4)], x)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+  optimizer.update(model, grads)
+  model.eval()
+  served = cj.export(model)
+  np.testing.assert_allclose(served(x), model(x), rtol=1e-5, atol=1e-5)
+  assert isinstance(served.served["w"]["weight"].get_value(), cj.QArray)
