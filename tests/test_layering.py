@@ -17,7 +17,7 @@ LAYERS = (
     ("core",),
     ("quant", "prune", "distill", "mixed", "cost"),
     ("export",),
-    ("train",),
+    ("train", "artifacts"),
     ("data", "models", "config", "cli", "pipeline", "_story_report", "__main__"),
 )
 SAME_LAYER_FREE = (0, len(LAYERS) - 1)  # the bottom and the applications import each other

@@ -1,0 +1,73 @@
+"""StableHLO artifact: weights are inputs, and it serves without compressjax."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from compressjax.artifacts import save_stablehlo
+from compressjax.artifacts import stablehlo
+from compressjax.export import size_report
+
+# Loads the artifacts with stablehlo.py's own loader, imported by file path: jax + numpy only.
+_LOADER = """
+import importlib.util, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("loader", sys.argv[1])
+loader = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loader)
+for d in sys.argv[2:]:
+  got = np.asarray(loader.load_stablehlo(d)(np.load(d + "/x.npy")))
+  print(d, float(np.max(np.abs(got - np.load(d + "/expected.npy")))))
+assert "compressjax" not in sys.modules, sorted(m for m in sys.modules if "compressjax" in m)
+"""
+
+
+def _save(served, path):
+  manifest = save_stablehlo(served["serving_model"], served["serving_vars"], served["x"], path)
+  np.save(os.path.join(path, "x.npy"), np.asarray(served["x"]))
+  expected = served["serving_model"].apply(served["serving_vars"], served["x"])
+  np.save(os.path.join(path, "expected.npy"), np.asarray(expected))
+  return manifest
+
+
+def test_stablehlo_serves_without_compressjax(w8a8_cnn, w8a8_einsum, tmp_path):
+  dirs = []
+  for name, served in (("cnn", w8a8_cnn), ("einsum", w8a8_einsum)):
+    path = str(tmp_path / name)
+    manifest = _save(served, path)
+    dirs.append(path)
+    leaves = manifest["leaves"]
+    assert any(leaf["dtype"] == "uint8" and leaf["name"].endswith("weight/packed")
+               for leaf in leaves)
+    with open(os.path.join(path, stablehlo.MODULE), "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    assert len(exported.in_avals) == len(leaves) + 1  # the weights are inputs
+    with open(os.path.join(path, stablehlo.MANIFEST)) as f:
+      assert json.load(f)["input"] == {"shape": [200, 8, 8, 1], "dtype": "float32"}
+    float_bytes = size_report(served["float_vars"], ("params", "batch_stats")).total_bytes
+    print(f"{name}: module {manifest['module_bytes']} B, weights.npz "
+          f"{manifest['weights_bytes']} B (leaves {sum(leaf['bytes'] for leaf in leaves)} B), "
+          f"float params {float_bytes} B")
+  out = subprocess.run([sys.executable, "-c", _LOADER, stablehlo.__file__, *dirs],
+                       capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  diffs = [float(line.split()[-1]) for line in out.stdout.splitlines()]
+  assert len(diffs) == 2 and max(diffs) <= 1e-5, out.stdout
+
+
+def test_load_refuses_another_input_shape(w8a8_einsum, tmp_path):
+  path = str(tmp_path / "a")
+  save_stablehlo(w8a8_einsum["serving_model"], w8a8_einsum["serving_vars"], w8a8_einsum["x"],
+                 path)
+  run = stablehlo.load_stablehlo(path)
+  try:
+    run(np.zeros((3, 8, 8, 1), np.float32))
+  except ValueError as e:
+    assert "exported for shape (200, 8, 8, 1)" in str(e)
+  else:
+    raise AssertionError("a wrong input shape was accepted")
