@@ -168,3 +168,41 @@ def model_fields(model: LM) -> dict[str, Any]:
   """The LM's constructor fields (its dataclass fields less Linen's parent/name)."""
   return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
           if f.name not in ("parent", "name")}
+
+
+# --- compressed / served models (variables with more than "params") --------------------------
+
+
+def variables_nats(model: nn.Module, variables: dict, tokens: jax.Array) -> jax.Array:
+  """Next-token cross-entropy in nats (B, W - 1) of a model applied to full ``variables``
+  (compressed: ``quant_stats``; served: ``served``)."""
+  logits = model.apply(variables, tokens[:, :-1])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sum_nats_vars(model: nn.Module, variables: dict, tokens: jax.Array,
+                   mask: jax.Array) -> jax.Array:
+  return jnp.sum(variables_nats(model, variables, tokens).sum(axis=1) * mask)
+
+
+def variables_bpb(model: nn.Module, variables: dict, tokens: np.ndarray,
+                  batch_size: int = 128) -> float:
+  """:func:`bits_per_byte` of ``model.apply(variables, ...)`` (compressed or served models)."""
+  total = 0.0
+  for i in range(0, len(tokens), batch_size):
+    chunk = tokens[i:i + batch_size].astype(np.int32)
+    mask = np.arange(batch_size) < len(chunk)
+    chunk = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
+    total += float(_sum_nats_vars(model, variables, chunk, mask))
+  return total / (len(tokens) * (tokens.shape[1] - 1)) / math.log(2)
+
+
+def require_teacher(name: str) -> tuple[LM, Params, dict[str, Any]]:
+  """The cached teacher, or SystemExit telling how to train it."""
+  cached = load_teacher(name)
+  if cached is None:
+    quick = " --quick" if name.endswith("_quick") else ""
+    raise SystemExit(f"no cached teacher {name!r} in {WORK_DIR}; run "
+                     f"`python -m experiments.lm_teacher{quick}` first")
+  return cached

@@ -1,0 +1,214 @@
+"""Quantization-aware fine-tuning of the cached LM teacher: LSQ, DoReFa+PACT and SAT.
+
+Every weight site of the LM's blocks gets the method's weight quantizer at ``w_bits`` and its
+activation quantizer at ``a_bits`` on the site's input (signed or unsigned decided at init from
+the float activations: RMSNorm outputs and attention outputs are signed); the output ``head``
+gets the method at 8 bits (weights and input), the embeddings stay float, attention's
+activation x activation products stay float. Recipes: ``compressjax.quant.recipes``
+(``lsq``, ``dorefa_pact``, ``sat``), weights per tensor as there.
+
+The compressed model starts from the teacher (``cj.init_from`` on a train batch: LSQ steps and
+PACT clip levels from the float weights and activations), then ``steps`` AdamW steps on the train
+split (warmup-cosine, no weight decay on quantizer parameters). Reported: test bits per byte of
+the SERVED model (``cj.export``) on the first ``eval_windows`` test windows, |served - fake|
+logits on one batch, and the train bpb at the first and last steps.
+
+  python -m experiments.lm_qat            # results/lm_qat.{json,md,png}
+  python -m experiments.lm_qat --quick    # quick teacher, one config, few steps: lm_qat_quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import compressjax as cj
+from compressjax.core import Rule
+from compressjax.core.compress import SITE_PARAMS
+from compressjax.core.matching import UnusedRuleWarning
+from compressjax.quant.recipes import recipe
+from experiments import _report
+from experiments.lm_common import batches, load_corpus, require_teacher, variables_nats
+from experiments.lm_ptq import serve_and_eval
+
+METHODS = ("lsq", "dorefa_pact", "sat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  teacher: str = "teacher"
+  methods: tuple[str, ...] = METHODS
+  bits: tuple[tuple[int, int], ...] = ((4, 8), (3, 8), (2, 8), (4, 4))
+  seeds: tuple[int, ...] = (0,)
+  steps: int = 150
+  batch_size: int = 16
+  lr: float = 5e-4
+  warmup: int = 15
+  eval_windows: int = 1024
+
+
+FULL = Config()
+QUICK = Config(teacher="teacher_quick", methods=("lsq",), bits=((4, 8),), steps=10, batch_size=8,
+               warmup=2, eval_windows=128)
+
+
+def rules_for(method: str, w_bits: int, a_bits: int) -> list[Rule]:
+  weight, act = recipe(method, w_bits, a_bits)
+  head_weight, head_act = recipe(method, 8, 8)
+  return [Rule(pattern="^head/", weight=head_weight, act=head_act.replace(signed=None)),
+          Rule(pattern=".", weight=weight, act=act.replace(signed=None))]
+
+
+def tx_for(cfg: Config, params) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, cfg.steps)
+  decay = lambda p: {k: (jax.tree.map(lambda _: False, v) if k == SITE_PARAMS
+                         else jax.tree.map(lambda a: a.ndim >= 2, v)) for k, v in p.items()}
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, b2=0.99, weight_decay=0.1, mask=decay))
+
+
+def finetune(cfg: Config, model, params, corpus, method, w_bits, a_bits, seed, example, test,
+             check) -> dict:
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UnusedRuleWarning)
+    m = cj.compress(model, rules_for(method, w_bits, a_bits))
+    init_batch = jnp.asarray(corpus["train"][:32, :-1], jnp.int32)
+    v = cj.init_from(m, {"params": params}, init_batch, train=False)
+  rest = {k: val for k, val in v.items() if k != "params"}
+  tx = tx_for(cfg, v["params"])
+  opt_state = tx.init(v["params"])
+
+  @jax.jit
+  def step(p, opt_state, tokens):
+    loss, grads = jax.value_and_grad(
+        lambda p: variables_nats(m, {**rest, "params": p}, tokens).mean())(p)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, loss
+
+  p, losses, start, cpu = v["params"], [], time.time(), time.process_time()
+  for _, tokens in zip(range(cfg.steps), batches(corpus["train"], cfg.batch_size, 100 + seed)):
+    p, opt_state, loss = step(p, opt_state, tokens)
+    losses.append(float(loss))
+  train_seconds, train_cpu = time.time() - start, time.process_time() - cpu
+  k = max(1, min(10, len(losses) // 5))
+  row = {"method": method, "w_bits": w_bits, "a_bits": a_bits, "seed": seed,
+         "train_bpb_first": float(np.mean(losses[:k])) / math.log(2),
+         "train_bpb_last": float(np.mean(losses[-k:])) / math.log(2),
+         "finite": bool(np.all(np.isfinite(losses))),
+         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1)}
+  if not row["finite"]:
+    return {**row, "test_bpb": float("nan")}
+  return {**row, **serve_and_eval(m, {**rest, "params": p}, example, test, check)}
+
+
+def run(cfg: Config) -> dict:
+  model, params, info = require_teacher(cfg.teacher)
+  corpus, _ = load_corpus()
+  test = corpus["test"][:cfg.eval_windows]
+  example = jnp.asarray(test[:1, :-1], jnp.int32)
+  check = jnp.asarray(test[:8, :-1], jnp.int32)
+  rows = []
+  for w_bits, a_bits in cfg.bits:
+    for method in cfg.methods:
+      for seed in cfg.seeds:
+        rows.append(finetune(cfg, model, params, corpus, method, w_bits, a_bits, seed, example,
+                             test, check))
+        print(rows[-1], flush=True)
+  return {"config": dataclasses.asdict(cfg), "teacher": info.get("config"), "rows": rows,
+          "eval_windows": int(len(test)), "test_windows": int(len(corpus["test"])),
+          "machine": {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
+                      "cpus": os.cpu_count(), "jax": jax.__version__,
+                      "load_average_1min_at_end": os.getloadavg()[0]}}
+
+
+def markdown(result: dict, command: str) -> str:
+  rows, cfg = result["rows"], result["config"]
+  bits = list(dict.fromkeys((r["w_bits"], r["a_bits"]) for r in rows))
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  n_seeds = len(cfg["seeds"])
+
+  def cell(method, wb, ab):
+    values = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (method, wb, ab)]
+    if not values:
+      return "-"
+    mean, sd = _report.mean_sd(values)
+    return f"{mean:.4f}" + (f" ± {sd:.4f}" if len(values) > 1 else "")
+
+  md = "# LM quantization-aware fine-tuning (served test bits per byte)\n\n"
+  md += (f"{cfg['steps']} AdamW steps x {cfg['batch_size']} windows from the teacher, "
+         f"lr {cfg['lr']}; {n_seeds} seed(s)"
+         f"{' (mean ± sd)' if n_seeds > 1 else ' (no sd: one seed)'}; first "
+         f"{result['eval_windows']} of {result['test_windows']} test windows. Head W8A8, "
+         "embeddings float.\n\n")
+  md += _report.markdown_table(["method"] + [f"W{w}A{a}" for w, a in bits],
+                               [[m] + [cell(m, w, a) for w, a in bits] for m in methods])
+  worst = max((r.get("served_minus_fake_max_abs_logit", 0.0) for r in rows), default=0.0)
+  md += f"\nLargest |served - fake| logit (8 windows): {worst:.2e}.\n"
+  cpu = sum(r["train_cpu_seconds"] for r in rows)
+  m = result["machine"]
+  md += (f"\n{m['device']} ({m['cpus']} cores, load {m['load_average_1min_at_end']:.1f}), jax "
+         f"{m['jax']}; training CPU {cpu:.0f} s, total {result['total_seconds']:.0f} s. "
+         f"`{command}`\n")
+  return md
+
+
+def plot(result: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = result["rows"]
+  bits = list(dict.fromkeys((r["w_bits"], r["a_bits"]) for r in rows))
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  width = 0.8 / max(1, len(methods))
+  for i, method in enumerate(methods):
+    means, sds = [], []
+    for wb, ab in bits:
+      vals = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (method, wb, ab)]
+      mean, sd = _report.mean_sd(vals) if vals else (float("nan"), 0.0)
+      means.append(mean)
+      sds.append(sd)
+    ax.bar(np.arange(len(bits)) + i * width, means, width, yerr=sds, capsize=3, label=method)
+  ax.set_xticks(np.arange(len(bits)) + width * (len(methods) - 1) / 2)
+  ax.set_xticklabels([f"W{w}A{a}" for w, a in bits])
+  ax.set_ylabel("served test bits per byte")
+  ax.legend(fontsize=8)
+  ax.set_title("LM QAT fine-tunes")
+  _report.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: config)")
+  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
+  args = parser.parse_args(argv)
+  cfg = QUICK if args.quick else FULL
+  if args.seeds is not None:
+    cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
+  if args.steps is not None:
+    cfg = dataclasses.replace(cfg, steps=args.steps)
+  start = time.time()
+  result = run(cfg)
+  result["total_seconds"] = time.time() - start
+  name = "lm_qat_quick" if args.quick else "lm_qat"
+  md = markdown(result, "python -m experiments.lm_qat" + (" --quick" if args.quick else ""))
+  _report.write(name, result, md, out_dir=args.out_dir)
+  plot(result, os.path.join(args.out_dir, f"{name}.png"))
+  print(md)
+  return result
+
+
+if __name__ == "__main__":
+  main()
