@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import compressjax as cj
@@ -43,8 +44,9 @@ def _served(model, w_bits, a_bits):
   qmodel = cj.compress(model, rules)
   variables = cj.init_from(qmodel, float_vars, x, train=False)
   serving_model, serving_vars = cj.export(qmodel, variables, x)
+  expected = np.asarray(jax.jit(serving_model.apply)(serving_vars, x))
   return dict(model=model, float_vars=float_vars, serving_model=serving_model,
-              serving_vars=serving_vars, x=x)
+              serving_vars=serving_vars, x=x, expected=expected)
 
 
 @pytest.fixture(scope="session")
