@@ -70,3 +70,26 @@ def test_load_refuses_another_input_shape(w8a8_einsum, tmp_path):
     assert "exported for shape (200, 8, 8, 1)" in str(e)
   else:
     raise AssertionError("a wrong input shape was accepted")
+
+
+def test_nnx_serving_module_round_trips(tmp_path):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from compressjax.quant.lsq import LSQ  # pylint: disable=g-import-not-at-top
+
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.a, self.b = nnx.Linear(16, 8, rngs=rngs), nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(jax.nn.relu(self.a(x)))
+
+  x = jax.random.normal(jax.random.key(0), (5, 16))
+  rules = [cj.Rule(pattern=".", weight=LSQ(bits=8), act=LSQ(bits=8, kind="activation"))]
+  compressed = cj.compress(Net(nnx.Rngs(0)), rules, x)
+  compressed.eval()
+  served = cj.export(compressed)
+  save_stablehlo(served, None, x, str(tmp_path))
+  np.testing.assert_allclose(stablehlo.load_stablehlo(str(tmp_path))(x), served(x), atol=1e-5)
