@@ -47,7 +47,7 @@ class Quantizer:
   def validate(self) -> None:
     """Checks the configuration; raises ValueError naming the field and the allowed values."""
     lo, hi = self.bit_range()
-    if not isinstance(self.bits, int) or not lo <= self.bits <= hi:
+    if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not lo <= self.bits <= hi:
       raise ValueError(
           f"{type(self).__name__}: bits={self.bits!r} is not allowed; use an integer in {lo}..{hi}"
       )

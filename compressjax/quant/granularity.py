@@ -81,25 +81,32 @@ class Granularity:
   def reduce(self, v: Array, op: str, *, q: float | None = None) -> Array:
     """Statistic ``op`` of the view ``v`` (see :data:`REDUCTIONS`), broadcastable onto ``v``.
 
-    ``percentile`` needs ``q`` in [0, 100]. Per-tensor statistics are scalars, so they also fit
-    activations whose batch shape changes between calls.
+    Only finite elements count (NaN/Inf are skipped), so one bad example never contaminates the
+    scale of the others; a statistic with no finite (or no) element is 0. ``percentile`` needs
+    ``q`` in [0, 100]. Per-tensor statistics are scalars, so they also fit activations whose
+    batch shape changes between calls.
     """
     axes = self.axes(v.ndim)
     keep = self.kind != "tensor"
+    finite = jnp.isfinite(v)
+    zero = lambda r: jnp.where(jnp.isfinite(r), r, 0.0)
     if op == "absmax":
-      return jnp.max(jnp.abs(v), axis=axes, keepdims=keep)
+      return jnp.max(jnp.where(finite, jnp.abs(v), 0.0), axis=axes, keepdims=keep, initial=0.0)
     if op == "min":
-      return jnp.min(v, axis=axes, keepdims=keep)
+      return zero(jnp.min(jnp.where(finite, v, jnp.inf), axis=axes, keepdims=keep,
+                          initial=jnp.inf))
     if op == "max":
-      return jnp.max(v, axis=axes, keepdims=keep)
+      return zero(jnp.max(jnp.where(finite, v, -jnp.inf), axis=axes, keepdims=keep,
+                          initial=-jnp.inf))
     if op == "mean_abs":
-      return jnp.mean(jnp.abs(v), axis=axes, keepdims=keep)
+      total = jnp.sum(jnp.where(finite, jnp.abs(v), 0.0), axis=axes, keepdims=keep)
+      return total / jnp.maximum(jnp.sum(finite, axis=axes, keepdims=keep), 1)
     if op == "std":
-      return jnp.std(v, axis=axes, keepdims=keep)
+      return zero(jnp.nanstd(jnp.where(finite, v, jnp.nan), axis=axes, keepdims=keep))
     if op == "percentile":
       if q is None:
         raise ValueError("Granularity.reduce: op='percentile' needs q in [0, 100]")
-      return jnp.percentile(v, q, axis=axes, keepdims=keep)
+      return zero(jnp.nanpercentile(jnp.where(finite, v, jnp.nan), q, axis=axes, keepdims=keep))
     raise ValueError(f"Granularity.reduce: op={op!r} is not allowed; use one of {REDUCTIONS}")
 
   def per_stat(self, shape: tuple[int, ...]) -> int:

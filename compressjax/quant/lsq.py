@@ -1,27 +1,32 @@
 """LSQ: learned step size (Esser et al., 2020) and LSQ+: learned offset (Bhalgat et al., 2020).
 
-LSQ: ``v^ = round_STE(clip(v / s, -Q_N, Q_P)) * s`` with signed weights (``Q_N = 2^(b-1)``,
-``Q_P = 2^(b-1) - 1``) or unsigned activations (``Q_N = 0``, ``Q_P = 2^b - 1``). The step ``s``
-is learned with its gradient scaled by ``g = 1 / sqrt(N * Q_P)``, ``N`` = elements sharing one
+LSQ: ``v^ = round_STE(clip(v / s, -Q_N, Q_P)) * s`` with signed codes (``Q_N = 2^(b-1)``,
+``Q_P = 2^(b-1) - 1``) or unsigned ones (``Q_N = 0``, ``Q_P = 2^b - 1``). The step ``s`` is
+learned with its gradient scaled by ``g = 1 / sqrt(N * Q_P)``, ``N`` = elements sharing one
 step (weights) or features per sample sharing it (activations: the leading axis is the batch).
 Autodiff gives ``d v^ / d s = -v/s + round(v/s)`` inside the range and ``-Q_N`` / ``Q_P`` when
-clipped, times ``g``. Init ``s0 = 2 mean|v| / sqrt(Q_P)``, per tensor or per channel/group.
+clipped, times ``g``.
+
+Init (the paper's rule) ``s0 = 2 mean|v| / sqrt(Q_P)`` over the finite values of the tensor seen
+at init (``init_from`` runs the float model's real batch through it), per tensor or per
+channel/group; ``s0 = 1`` where that is 0 or undefined (an all-zero or all-NaN tensor).
+Activations with ``signed=None`` are signed if the init tensor has negatives; the decision is
+``stats["signed"]`` (0/1) and fixes ``Q_N``, ``Q_P`` from then on.
 
 LSQ+: ``v^ = round_STE(clip((v - beta) / s, -Q_N, Q_P)) * s + beta`` with a learnable offset
 ``beta`` (same gradient scale), for asymmetric activations such as swish/GELU outputs; init from
-the range, ``s0 = (max - min) / (Q_P + Q_N)``, ``beta0 = min + Q_N * s0``.
+the finite range, ``s0 = (max - min) / (Q_P + Q_N)``, ``beta0 = min + Q_N * s0``.
 
-Export: codes with scale ``s`` (LSQ+: float zero point ``-beta / s``). Both inits fall back to
-``s0 = 1`` on an all-zero tensor; init from real data (a calibration batch) where you can.
+Export: codes with scale ``s`` (LSQ+: float zero point ``-beta / s``). A sign decided at init is
+written as unsigned codes ``0..2^b-1`` with zero point ``Q_N``, so code ranges are static.
 """
 
 import dataclasses
-import math
-
 import jax
 import jax.numpy as jnp
 
-from compressjax.quant._checks import check_granularity, check_kind, resolve_signed
+from compressjax.quant import _checks
+from compressjax.quant._checks import check_granularity, check_kind
 from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray
@@ -51,83 +56,110 @@ class LSQ(Quantizer):
     super().validate()
     check_kind(self, self.kind)
     check_granularity(self, self.granularity, ("tensor", "channel", "group"))
+    _checks.check_signed(self, self.signed)
 
   @property
-  def is_signed(self) -> bool:
-    return resolve_signed(self.signed, self.kind)
+  def is_signed(self) -> bool | None:
+    """The configured sign (weights default to signed); None: decided at init."""
+    return _checks.static_signed(self.signed, self.kind)
+
+  def bounds(self, stats: State) -> tuple[Array | int, Array | int]:
+    """``(Q_N, Q_P)``: ints for a configured sign, arrays for one calibrated into ``stats``."""
+    signed = _checks.signed_of(self, self.is_signed, stats)
+    if isinstance(signed, bool):
+      return (2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1) if signed else (0, 2**self.bits - 1)
+    return (jnp.where(signed, 2.0 ** (self.bits - 1), 0.0),
+            jnp.where(signed, 2.0 ** (self.bits - 1) - 1, 2.0**self.bits - 1))
 
   @property
   def q_n(self) -> int:
-    return 2 ** (self.bits - 1) if self.is_signed else 0
+    return self.bounds({})[0]
 
   @property
   def q_p(self) -> int:
-    return 2 ** (self.bits - 1) - 1 if self.is_signed else 2**self.bits - 1
+    return self.bounds({})[1]
 
-  def grad_scale_of(self, shape: tuple[int, ...]) -> float:
-    """``g = 1 / sqrt(N * Q_P)`` for a tensor of ``shape``."""
+  def grad_scale_of(self, shape: tuple[int, ...], q_p: Array | int | None = None) -> Array | float:
+    """``g = 1 / sqrt(N * Q_P)`` for a tensor of ``shape`` (``Q_P`` of the configured sign)."""
     n = self.granularity.per_stat(shape)
     if self.kind == "activation" and len(shape) >= 2:
       n = max(n // shape[0], 1)
-    return 1.0 / math.sqrt(n * self.q_p)
+    return (n * (self.q_p if q_p is None else q_p)) ** -0.5
 
   def init(self, x: Array) -> tuple[State, State]:
+    stats = self._init_stats(x)
+    _, q_p = self.bounds(stats)
     v = self.granularity.view(x.astype(jnp.float32))
-    s0 = 2.0 * self.granularity.reduce(v, "mean_abs") / math.sqrt(self.q_p)
-    return {"step": _nonzero(s0)}, {}
+    s0 = 2.0 * self.granularity.reduce(jax.lax.stop_gradient(v), "mean_abs") / jnp.sqrt(q_p)
+    return {"step": _nonzero(s0)}, stats
+
+  def _init_stats(self, x: Array, *, clips_negatives: bool = True) -> State:
+    """Checks ``x``; the calibrated sign for ``signed=None``; warns about clipped negatives."""
+    _checks.check_operand(self, x, init=True)
+    if self.kind == "activation" and clips_negatives:
+      _checks.warn_if_clipped(self, x, self.is_signed)
+    return {"signed": _checks.signed_stat(x)} if self.is_signed is None else {}
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
-    del stats
-    codes, step, zero = self._codes(x, params)
+    codes, step, zero, _ = self._codes(x, params, stats)
     return self.granularity.unview((codes - zero) * step, x.shape).astype(x.dtype)
 
   def quantize(self, x: Array, params: State, stats: State) -> Codes:
-    del stats
-    codes, step, zero = self._codes(x, params)
-    return Codes(codes, step, zero if "offset" in params else 0.0, -self.q_n, self.q_p)
+    _checks.check_finite_state(self, params)
+    codes, step, zero, (q_n, q_p) = self._codes(x, params, stats)
+    zero = zero if "offset" in params else 0.0
+    if isinstance(q_n, int):
+      return Codes(codes, step, zero, -q_n, q_p)
+    return Codes(codes + q_n, step, zero + q_n, 0, 2**self.bits - 1)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
-    del stats
-    codes, step, zero = self._codes(x, params)
+    q = self.quantize(x, params, stats)
     to_q = lambda a: self.granularity.to_qarray(a, x.shape)
+    has_zero = "offset" in params or self.is_signed is None
     return QArray.from_codes(
-        self.granularity.unview(codes, x.shape).astype(jnp.int32),
-        to_q(step),
-        to_q(zero) if "offset" in params else None,
+        self.granularity.unview(q.codes, x.shape).astype(jnp.int32),
+        to_q(q.scale),
+        to_q(jnp.broadcast_to(q.zero_point, jnp.shape(q.scale))) if has_zero else None,
         bits=self.bits,
-        signed=self.is_signed,
+        signed=q.lo < 0,
         group_size=self.granularity.group_size,
     )
 
-  def _codes(self, x: Array, params: State) -> tuple[Array, Array, Array]:
-    """``(codes, step, zero_point)`` on the view of ``x``.
+  def _codes(self, x: Array, params: State, stats: State):
+    """``(codes, step, zero_point, (Q_N, Q_P))`` on the view of ``x``.
 
     Codes carry the STE; step and offset carry the gradient scale. ``v^ = (codes - zero) * s``
     with ``zero = -beta / s`` is LSQ+'s ``codes * s + beta``, written as the export computes it.
     """
-    g = self.grad_scale_of(x.shape)
+    _checks.check_operand(self, x, init=False)
+    q_n, q_p = self.bounds(stats)
+    g = self.grad_scale_of(x.shape, q_p)
     s = grad_scale(params["step"], g)
     beta = grad_scale(params["offset"], g) if "offset" in params else jnp.zeros_like(s)
     v = self.granularity.view(x.astype(jnp.float32))
-    return round_ste(clip((v - beta) / s, -self.q_n, self.q_p)), s, -beta / s
+    return round_ste(clip((v - beta) / s, -q_n, q_p)), s, -beta / s, (q_n, q_p)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LSQPlus(LSQ):
   """LSQ+ (learned step and offset); ``params = {"step": s, "offset": beta}``.
 
-  Defaults to (unsigned) activations: the offset shifts the grid onto negative values.
+  Defaults to unsigned activations: the offset shifts the grid onto negative values, so the
+  sign needs no calibration.
   """
 
   kind: str = "activation"
+  signed: bool | None = False
 
   def init(self, x: Array) -> tuple[State, State]:
-    v = self.granularity.view(x.astype(jnp.float32))
+    stats = self._init_stats(x, clips_negatives=False)
+    q_n, q_p = self.bounds(stats)
+    v = self.granularity.view(jax.lax.stop_gradient(x).astype(jnp.float32))
     lo, hi = self.granularity.reduce(v, "min"), self.granularity.reduce(v, "max")
-    s0 = _nonzero((hi - lo) / (self.q_p + self.q_n))
-    return {"step": s0, "offset": lo + self.q_n * s0}, {}
+    s0 = _nonzero((hi - lo) / (q_p + q_n))
+    return {"step": s0, "offset": lo + q_n * s0}, stats
 
 
 def _nonzero(s: Array) -> Array:
-  """A step of 1 where the init tensor gave 0 (an all-zero tensor has no scale to learn from)."""
-  return jnp.where(s > 0, s, 1.0)
+  """A step of 1 where the init tensor gave 0 or NaN (it has no scale to learn from)."""
+  return jnp.where(jnp.isfinite(s) & (s > 0), s, 1.0)

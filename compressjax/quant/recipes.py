@@ -4,8 +4,11 @@
 weight site keeps a float input and 8-bit weights, the last weight site 8-bit weights and
 inputs, every other site ``w_bits`` / ``a_bits``. ``sites`` are
 :func:`compressjax.core.discover`'s (the edge rules match their exact names, e.g.
-``^conv0/kernel$``); activation x activation sites (attention products) stay float.
-Activation quantizers are unsigned (inputs follow a ReLU).
+``^conv0/kernel$``); ``edge_bits=None`` quantizes every layer, first and last too, at
+``w_bits``/``a_bits``. Activation x activation sites (attention products) stay float.
+Activation quantizers take their sign from calibration (``signed=None``: signed where the init
+batch has negatives, e.g. normalised images at the first layer, unsigned after a ReLU), and
+their clip levels / steps start from its statistics.
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ from compressjax.quant.sat import SAT
 from compressjax.quant.uniform import Uniform
 
 _RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
-    "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a)),
-    "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation", signed=False)),
-    "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation")),
+    "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a, signed=None)),
+    "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation")),
+    "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation", signed=None)),
     # SAT's later "centered" weight grid: no -2^-b mean shift (see experiments/results).
     "sat_centered": lambda w, a: (
         SAT(bits=w, kind="weight", grid="centered"),
-        SAT(bits=a, kind="activation"),
+        SAT(bits=a, kind="activation", signed=None),
     ),
     # Post-training: per-channel weight ranges, activation ranges calibrated on data.
     "uniform": lambda w, a: (
         Uniform(bits=w, granularity=PER_CHANNEL),
-        Uniform(bits=a, signed=False, symmetric=False, calibration="minmax", dynamic=False),
+        Uniform(bits=a, signed=None, symmetric=False, calibration="minmax", dynamic=False),
     ),
 }
 METHODS = tuple(_RECIPES)
@@ -47,11 +50,14 @@ def recipe(method: str, w_bits: int, a_bits: int) -> tuple[Any, Any]:
 
 
 def recipe_rules(
-    method: str, sites: Sequence[Any], *, w_bits: int, a_bits: int, edge_bits: int = 8
+    method: str, sites: Sequence[Any], *, w_bits: int, a_bits: int, edge_bits: int | None = 8
 ) -> list[Rule]:
   """Rules for ``method``: ``w_bits``/``a_bits`` inside, ``edge_bits`` at the first/last
-  weight site of ``sites`` (discovered sites, named ``module/param``)."""
+  weight site of ``sites`` (discovered sites, named ``module/param``); ``edge_bits=None``:
+  every layer at ``w_bits``/``a_bits``, first and last too."""
   weight, act = recipe(method, w_bits, a_bits)
+  if edge_bits is None:
+    return [Rule(pattern=".", weight=weight, act=act)]
   edge_weight, edge_act = recipe(method, edge_bits, edge_bits)
   return with_edges(
       [Rule(pattern=".", weight=weight, act=act)],

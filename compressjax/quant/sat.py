@@ -9,7 +9,8 @@ from a Flax kernel ``(*spatial, in, out)``: ``out * prod(spatial)`` (``out_featu
 ``(in, out)`` kernel, ``out_channels * k_h * k_w`` for a 2-D conv); set ``fan_out`` for other
 layouts (e.g. DenseGeneral). Floor has a straight-through gradient.
 
-Activations (``kind="activation"``): PACT, whose autodiff is SAT's calibrated gradient.
+Activations (``kind="activation"``): PACT, whose autodiff is SAT's calibrated gradient; its
+clip level starts from the init tensor's 99.9th percentile (see :mod:`compressjax.quant.pact`).
 
 Export: unsigned codes ``0..2^b-1``, zero point ``2^(b-1) - c`` and scale
 ``2^(1-b) / (sqrt(n_out) std(Q))`` (the rescale folded into the scale).
@@ -21,11 +22,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+from compressjax.quant import _checks
 from compressjax.quant._checks import check_granularity, check_kind
 from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.dorefa import tanh_to_unit
 from compressjax.quant.granularity import PER_TENSOR, Granularity
-from compressjax.quant.pact import ALPHA_INIT_DENSE, PACT
+from compressjax.quant.pact import PACT
 from compressjax.qarray import QArray
 from compressjax.quant.ste import floor_ste
 
@@ -51,7 +53,8 @@ class SAT(Quantizer):
     grid: weights: ``"modified"`` or ``"centered"``.
     granularity: weights: what ``max|tanh w|`` is taken over (SAT: per tensor).
     fan_out: weights: ``n_out`` of the variance rule; None derives it from the kernel shape.
-    alpha_init: activations: PACT's initial clip level (10.0 dense, 8.0 conv).
+    alpha_init: activations: PACT's initial clip level; None: from the init tensor.
+    signed: activations: PACT's ``signed`` (False, True, or None: decided at init).
   """
 
   bits: int = 8
@@ -59,7 +62,8 @@ class SAT(Quantizer):
   grid: str = "modified"
   granularity: Granularity = PER_TENSOR
   fan_out: int | None = None
-  alpha_init: float = ALPHA_INIT_DENSE
+  alpha_init: float | None = None
+  signed: bool | None = False
 
   def validate(self) -> None:
     super().validate()
@@ -73,10 +77,13 @@ class SAT(Quantizer):
 
   @property
   def _pact(self) -> PACT:
-    return PACT(bits=self.bits, alpha_init=self.alpha_init)
+    return PACT(bits=self.bits, alpha_init=self.alpha_init, signed=self.signed)
 
   def init(self, x: Array) -> tuple[State, State]:
-    return self._pact.init(x) if self.kind == "activation" else ({}, {})
+    if self.kind == "activation":
+      return self._pact.init(x)
+    _checks.check_operand(self, x, init=True)
+    return {}, {}
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
     if self.kind == "activation":

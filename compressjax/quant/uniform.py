@@ -11,6 +11,11 @@ from the tensor at every call (weights, per-token activations); otherwise ``upda
 it over calibration batches in ``stats`` (running min/max, or an EMA with ``ema_decay``) and
 ``fake`` refuses stats that were never calibrated (see ``_calibration``).
 
+``signed=None`` takes the sign from the init tensor (signed if it has negatives) and keeps it
+as ``stats["signed"]`` (0/1); its integer form is then unsigned codes with a zero point, so code
+ranges stay static. Ranges are taken over finite values only: a NaN/Inf example neither
+contaminates the others' dynamic scale nor a calibrated range, and NaN inputs stay NaN.
+
 Gradients: straight-through on ``round``, masked outside the range; the range itself is a
 statistic and receives no gradient.
 """
@@ -20,11 +25,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from compressjax.quant import _calibration
+from compressjax.quant import _calibration, _checks
 from compressjax.quant._checks import check_granularity
 from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
-from compressjax.qarray import QArray, code_range
+from compressjax.qarray import QArray
 from compressjax.quant.ste import clip, round_ste
 
 Array = jax.Array
@@ -39,7 +44,8 @@ class Uniform(Quantizer):
 
   Attributes:
     bits: 2..16.
-    signed: signed codes (weights, pre-activations) or unsigned (after ReLU).
+    signed: signed codes (weights, pre-activations), unsigned (after ReLU), or None: signed
+      if the init tensor has negatives.
     symmetric: zero point 0 (``True``) or an integer zero point from the min/max range.
     granularity: scale sharing; ``token`` needs ``dynamic=True``.
     calibration: ``"absmax"``, ``"minmax"`` or ``"percentile"``.
@@ -50,7 +56,7 @@ class Uniform(Quantizer):
   """
 
   bits: int = 8
-  signed: bool = True
+  signed: bool | None = True
   symmetric: bool = True
   granularity: Granularity = PER_TENSOR
   calibration: str = "absmax"
@@ -62,6 +68,7 @@ class Uniform(Quantizer):
     super().validate()
     name = type(self).__name__
     check_granularity(self, self.granularity, ("tensor", "channel", "group", "token"))
+    _checks.check_signed(self, self.signed)
     if self.calibration not in CALIBRATIONS:
       raise ValueError(
           f"{name}: calibration={self.calibration!r} is not allowed; use one of {CALIBRATIONS}"
@@ -76,11 +83,15 @@ class Uniform(Quantizer):
       )
 
   def init(self, x: Array) -> tuple[State, State]:
+    _checks.check_operand(self, x, init=True)
+    if self.symmetric:  # an asymmetric grid covers negative ranges whatever the code sign
+      _checks.warn_if_clipped(self, x, self.signed)
+    stats = {} if self.signed is not None else {"signed": _checks.signed_stat(x)}
     if self.dynamic:
-      return {}, {}
+      return {}, stats
     lo, _ = self._range(self.granularity.view(x))
     zeros = jnp.zeros_like(lo)
-    return {}, {"lo": zeros, "hi": zeros, "count": jnp.zeros((), jnp.int32)}
+    return {}, {**stats, "lo": zeros, "hi": zeros, "count": jnp.zeros((), jnp.int32)}
 
   def update(self, x: Array, params: State, stats: State) -> State:
     del params
@@ -95,10 +106,11 @@ class Uniform(Quantizer):
       combine = _calibration.ema(1.0 - self.ema_decay)
       lo = _calibration.running(stats["lo"], lo, count, combine)
       hi = _calibration.running(stats["hi"], hi, count, combine)
-    return {"lo": lo, "hi": hi, "count": count + 1}
+    return {**stats, "lo": lo, "hi": hi, "count": count + 1}
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
     del params
+    _checks.check_operand(self, x, init=False)
     centered, scale, _ = self._centered_codes(x, stats)
     y = centered * scale
     if not self.dynamic:
@@ -110,28 +122,33 @@ class Uniform(Quantizer):
     if not self.dynamic:
       _calibration.require_calibrated(stats, type(self).__name__)
     centered, scale, zero = self._centered_codes(x, stats)
-    lo, hi = self._code_bounds()
-    return Codes(self.granularity.unview(centered + zero, x.shape), scale, zero, lo, hi)
+    codes = self.granularity.unview(centered + zero, x.shape)
+    signed = _checks.signed_of(self, self.signed, stats)
+    if isinstance(signed, bool):
+      lo, hi = self._code_bounds(signed)
+      return Codes(codes, scale, zero, lo, hi)
+    shift = jnp.where(signed, 2.0 ** (self.bits - 1), 0.0)  # signed codes as unsigned ones
+    return Codes(codes + shift, scale, zero + shift, 0, 2**self.bits - 1)
 
-  def _code_bounds(self) -> tuple[int, int]:
-    if self.symmetric:
-      qhi = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-      return (-qhi if self.signed else 0), qhi
-    return code_range(self.bits, self.signed)
+  def _code_bounds(self, signed: bool | Array) -> tuple[Array | int, Array | int]:
+    """``(code_lo, code_hi)`` of the grid; arrays for a sign calibrated into the stats."""
+    b = self.bits
+    signed_hi = 2 ** (b - 1) - 1
+    signed_lo = -signed_hi if self.symmetric else -(2 ** (b - 1))
+    if isinstance(signed, bool):
+      return (signed_lo, signed_hi) if signed else (0, 2**b - 1)
+    return jnp.where(signed, signed_lo, 0.0), jnp.where(signed, signed_hi, 2.0**b - 1)
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
-    del params
-    if not self.dynamic:
-      _calibration.require_calibrated(stats, type(self).__name__)
-    centered, scale, zero = self._centered_codes(x, stats)
-    codes = self.granularity.unview(centered + zero, x.shape).astype(jnp.int32)
+    q = self.quantize(x, params, stats)
     to_q = lambda a: self.granularity.to_qarray(a, x.shape)
+    has_zero = not self.symmetric or self.signed is None
     return QArray.from_codes(
-        codes,
-        to_q(scale),
-        None if self.symmetric else to_q(zero),
+        q.codes.astype(jnp.int32),
+        to_q(q.scale),
+        to_q(jnp.broadcast_to(q.zero_point, jnp.shape(q.scale))) if has_zero else None,
         bits=self.bits,
-        signed=self.signed,
+        signed=q.lo < 0,
         group_size=self.granularity.group_size,
     )
 
@@ -158,18 +175,16 @@ class Uniform(Quantizer):
         g.reduce(v, "percentile", q=self.percentile),
     )
 
-  def _grid(self, v: Array, stats: State) -> tuple[Array, Array, int, int]:
+  def _grid(self, v: Array, stats: State) -> tuple[Array, Array, Array | int, Array | int]:
     """``(scale, zero_point, code_lo, code_hi)`` for the view ``v`` (no gradient)."""
     if self.dynamic:
       lo, hi = self._range(v)
     else:
       lo, hi = jax.lax.stop_gradient(stats["lo"]), jax.lax.stop_gradient(stats["hi"])
+    qlo, qhi = self._code_bounds(_checks.signed_of(self, self.signed, stats))
     if self.symmetric:
-      qhi = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-      qlo = -qhi if self.signed else 0
       scale = jnp.maximum(jnp.maximum(-lo, hi) / qhi, _EPS)
       return scale, jnp.zeros_like(scale), qlo, qhi
-    qlo, qhi = code_range(self.bits, self.signed)
     lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
     scale = jnp.maximum((hi - lo) / (qhi - qlo), _EPS)
     return scale, qlo - jnp.round(lo / scale), qlo, qhi

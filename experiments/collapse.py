@@ -1,0 +1,140 @@
+"""Methods that never collapse: QAT on digits with EVERY layer quantized, first and last too.
+
+Each seed trains its own float CNN (own stratified split and init), then fine-tunes one copy per
+(method, bits) at W2A2, W3A3, W4A4 through the project's QAT-from-float entry point
+(:func:`compressjax.train.qat.quantize_classifier`), with ``edge_bits=None``: the first conv
+reads quantized images and the classifier quantized features. Reported: the test accuracy
+right after init-from-float (fake-quant, before any QAT step: clip levels and steps come from
+the init batch's statistics) and of the exported, served model after QAT.
+
+  python -m experiments.collapse           # 3 seeds, the table in experiments/results/collapse.*
+  python -m experiments.collapse --quick   # 1 seed, W2A2 only, short training
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from compressjax.config import Config, get_config
+from compressjax.train import train_classifier
+from compressjax.train.classifier import setup
+from compressjax.train.evaluate import evaluate
+from compressjax.train.qat import quantize_classifier
+from compressjax.train.steps import make_eval_step
+from experiments import _report
+
+METHODS = ("dorefa_pact", "lsq", "sat", "sat_centered")
+BITS = (2, 3, 4)
+
+
+def every_layer(cfg: Config) -> Config:
+  """``cfg`` with ``quant.edge_bits=None``: no layer keeps higher precision.
+
+  (``None`` is set on the dataclass: ``QuantConfig.edge_bits`` is typed ``int`` for overrides.)
+  """
+  return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, edge_bits=None))
+
+
+def init_accuracy(cfg: Config) -> float:
+  """Test accuracy of the quantized model as initialised from the float run (no QAT step)."""
+  s = setup(cfg)
+  return evaluate(make_eval_step(s.model), s.state, s.dataset.test,
+                  cfg.train.batch_size)["accuracy"]
+
+
+def run_seed(seed, bits_list, methods, float_epochs, qat_epochs, save):
+  """Records of one seed: its float model, then init and served accuracy per (method, bits)."""
+  records = []
+  with tempfile.TemporaryDirectory() as tmp:
+    common = [f"train.seed={seed}", f"data.split_seed={seed}"]
+    float_dir = os.path.join(tmp, "float")
+    base = train_classifier(get_config("digits_cnn", common + [f"train.epochs={float_epochs}"]),
+                            float_dir)
+    records.append({"seed": seed, "method": "float", "bits": 32,
+                    "accuracy": base["test_accuracy"]})
+    save(records)
+    qat = common + [f"train.epochs={qat_epochs}", "optim.lr=0.02", f"quant.init_from={float_dir}"]
+    for bits in bits_list:
+      for method in methods:
+        t0 = time.time()
+        cfg = every_layer(get_config("digits_cnn", qat + [
+            f"quant.method={method}", f"quant.w_bits={bits}", f"quant.a_bits={bits}"]))
+        at_init = init_accuracy(cfg)
+        out = quantize_classifier(cfg, os.path.join(tmp, f"{method}{bits}"))
+        records.append({"seed": seed, "method": method, "bits": bits,
+                         "accuracy": out["served_accuracy"],
+                         "fake_quant_accuracy": out["fake_quant_accuracy"],
+                         "init_accuracy": at_init, "bytes": out["quantized_bytes"],
+                         "time_s": round(time.time() - t0, 1)})
+        print(f"seed {seed} {method} W{bits}A{bits}: init {100 * at_init:.2f}%, served "
+              f"{100 * out['served_accuracy']:.2f}% ({time.time() - t0:.0f} s)", flush=True)
+        save(records)
+  return records
+
+
+def report(records, bits_list, methods, float_epochs, qat_epochs, out_dir, name):
+  """JSON, Markdown table and PNG (served after QAT, and right after init; mean ± sd)."""
+  seeds = sorted({r["seed"] for r in records})
+  pick = lambda m, b, key: [r[key] for r in records if r["method"] == m and r["bits"] == b]
+  header = ["method"] + [f"W{b}A{b} {what}" for b in bits_list for what in ("init", "served")]
+  rows = [["float (32)", "", _report.fmt_pct(pick("float", 32, "accuracy"))]
+          + [""] * (2 * len(bits_list) - 2)]
+  rows += [[m] + [_report.fmt_pct(pick(m, b, key)) for b in bits_list
+                  for key in ("init_accuracy", "accuracy")] for m in methods]
+  md = (f"# QAT on digits with every layer quantized (first and last too; {len(seeds)} seed(s), "
+        f"mean ± sd, % test accuracy; float {float_epochs} epochs, QAT {qat_epochs} epochs)\n\n"
+        "`init`: fake-quant model right after init-from-float (clip levels / steps from the "
+        "init batch), before any QAT step. `served`: the exported integer model after QAT.\n\n"
+        + _report.markdown_table(header, rows))
+  paths = _report.write(name, {"records": records, "seeds": seeds, "bits": list(bits_list),
+                               "methods": list(methods), "float_epochs": float_epochs,
+                               "qat_epochs": qat_epochs, "edge_bits": None}, md, out_dir)
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for i, m in enumerate(methods):
+    for key, style in (("accuracy", "-"), ("init_accuracy", ":")):
+      stats = [_report.mean_sd(pick(m, b, key)) if pick(m, b, key) else (float("nan"), 0.0)
+               for b in bits_list]
+      ax.errorbar(bits_list, [100 * mu for mu, _ in stats], yerr=[100 * sd for _, sd in stats],
+                  marker="o", capsize=3, ls=style, color=f"C{i}",
+                  label=m if key == "accuracy" else None)
+  ax.axhline(100 * _report.mean_sd(pick("float", 32, "accuracy"))[0], color="k", ls="--",
+             label="float")
+  ax.set_xlabel("weight / activation bits (every layer)")
+  ax.set_ylabel("test accuracy (%)  (dotted: at init)")
+  ax.set_xticks(list(bits_list))
+  ax.legend(fontsize=8)
+  _report.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
+  return paths, md
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="1 seed, W2A2, short training")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--bits", type=int, nargs="+", default=list(BITS), choices=BITS)
+  parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  parser.add_argument("--out", default=_report.RESULTS_DIR)
+  args = parser.parse_args()
+  if args.quick:
+    seeds, bits, float_epochs, qat_epochs, name = [0], [2], 5, 1, "collapse_quick"
+  else:
+    seeds, bits, float_epochs, qat_epochs, name = args.seeds, args.bits, 15, 3, "collapse"
+  records = []
+  save = lambda seed_records: report(records + seed_records, bits, args.methods, float_epochs,
+                                     qat_epochs, args.out, name)
+  for seed in seeds:
+    records += run_seed(seed, bits, args.methods, float_epochs, qat_epochs, save)
+  print(save([])[1])
+
+
+if __name__ == "__main__":
+  main()
