@@ -52,8 +52,18 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
   """See the module docstring; ``method=`` names the model method the example inputs call."""
   method = kwargs.pop("method", "__call__")
   spec = Compression(check_rules(rules))
-  state, _ = _call(model, spec, {}, method, args, kwargs, init=True, update_stats=True)
-  params, stats = split_state(state)
+  graphdef, model_state = nnx.split(model)
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  @jax.jit  # jitted like Linen's init_from, so both initialise with the same float rounding
+  def init(model_state, dyn):
+    m = nnx.merge(graphdef, model_state)
+    a, k = rebuild(dyn)
+    state, _ = _call(m, spec, {}, method, a, k, init=True, update_stats=True)
+    return split_state(state), nnx.state(m)
+
+  (params, stats), new_model_state = init(model_state, dyn)
+  nnx.update(model, new_model_state)
   return CompressedModule(model, spec, params, stats,
                           example=Example(method, _abstract(args), _abstract(kwargs)))
 

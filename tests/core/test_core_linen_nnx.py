@@ -1,0 +1,71 @@
+"""The same rules on the Linen CNN and its NNX twin train to the same loss curve."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import compressjax as cj
+from compressjax.core import Rule
+from compressjax.models import CNN, nnx_zoo
+from compressjax.quant import LSQ, PER_CHANNEL
+
+RULES = [Rule(pattern=".", weight=LSQ(bits=4, granularity=PER_CHANNEL),
+              act=LSQ(bits=4, kind="activation", signed=True))]
+STEPS = 20
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((16, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 16))
+  return x, y
+
+
+def _loss(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def test_linen_and_nnx_cnn_loss_curves_match():
+  x, y = _data()
+  linen = CNN(widths=(4, 8), hidden=16)
+  float_vars = linen.init(jax.random.key(0), x)
+  model = cj.compress(linen, RULES)
+  variables = cj.init_from(model, float_vars, x, train=False)
+  opt = optax.sgd(0.05)
+
+  @jax.jit
+  def linen_step(variables, opt_state):
+    def loss(params):
+      logits, updates = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
+      return _loss(logits, y), updates
+
+    (value, updates), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    step, opt_state = opt.update(grads, opt_state)
+    params = optax.apply_updates(variables["params"], step)
+    return {**variables, **updates, "params": params}, opt_state, value
+
+  opt_state = opt.init(variables["params"])
+  linen_losses = []
+  for _ in range(STEPS):
+    variables, opt_state, value = linen_step(variables, opt_state)
+    linen_losses.append(float(value))
+
+  twin = nnx_zoo.CNN(widths=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+  nnx_zoo.load_linen(twin, float_vars)
+  twin.eval()  # init from float in eval mode, as init_from(train=False)
+  cm = cj.compress(twin, RULES, x)
+  cm.train()
+  optimizer = nnx.Optimizer(cm, opt, wrt=nnx.Param)
+
+  @nnx.jit
+  def nnx_step(cm, optimizer):
+    value, grads = nnx.value_and_grad(lambda m: _loss(m(x), y))(cm)
+    optimizer.update(cm, grads)
+    return value
+
+  nnx_losses = [float(nnx_step(cm, optimizer)) for _ in range(STEPS)]
+  assert linen_losses[-1] < linen_losses[0]
+  np.testing.assert_allclose(nnx_losses, linen_losses, atol=1e-5, rtol=1e-5)
