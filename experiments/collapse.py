@@ -51,33 +51,39 @@ def init_accuracy(cfg: Config) -> float:
                   cfg.train.batch_size)["accuracy"]
 
 
-def run_seed(seed, bits_list, methods, float_epochs, qat_epochs, save):
-  """Records of one seed: its float model, then init and served accuracy per (method, bits)."""
+def run(seeds, bits_list, methods, float_epochs, qat_epochs, save):
+  """Records: one float model per seed, then init and served accuracy per (bits, method, seed).
+
+  Bit-widths are the outer loop, so an interrupted run has whole rows (all seeds) done first;
+  ``save(records)`` is called after every run.
+  """
   records = []
   with tempfile.TemporaryDirectory() as tmp:
-    common = [f"train.seed={seed}", f"data.split_seed={seed}"]
-    float_dir = os.path.join(tmp, "float")
-    base = train_classifier(get_config("digits_cnn", common + [f"train.epochs={float_epochs}"]),
-                            float_dir)
-    records.append({"seed": seed, "method": "float", "bits": 32,
-                    "accuracy": base["test_accuracy"]})
-    save(records)
-    qat = common + [f"train.epochs={qat_epochs}", "optim.lr=0.02", f"quant.init_from={float_dir}"]
+    common = lambda seed: [f"train.seed={seed}", f"data.split_seed={seed}"]
+    float_dir = lambda seed: os.path.join(tmp, f"float{seed}")
+    for seed in seeds:
+      base = train_classifier(get_config("digits_cnn", common(seed) + [
+          f"train.epochs={float_epochs}"]), float_dir(seed))
+      records.append({"seed": seed, "method": "float", "bits": 32,
+                      "accuracy": base["test_accuracy"]})
+      save(records)
     for bits in bits_list:
       for method in methods:
-        t0 = time.time()
-        cfg = every_layer(get_config("digits_cnn", qat + [
-            f"quant.method={method}", f"quant.w_bits={bits}", f"quant.a_bits={bits}"]))
-        at_init = init_accuracy(cfg)
-        out = quantize_classifier(cfg, os.path.join(tmp, f"{method}{bits}"))
-        records.append({"seed": seed, "method": method, "bits": bits,
-                         "accuracy": out["served_accuracy"],
-                         "fake_quant_accuracy": out["fake_quant_accuracy"],
-                         "init_accuracy": at_init, "bytes": out["quantized_bytes"],
-                         "time_s": round(time.time() - t0, 1)})
-        print(f"seed {seed} {method} W{bits}A{bits}: init {100 * at_init:.2f}%, served "
-              f"{100 * out['served_accuracy']:.2f}% ({time.time() - t0:.0f} s)", flush=True)
-        save(records)
+        for seed in seeds:
+          t0 = time.time()
+          cfg = every_layer(get_config("digits_cnn", common(seed) + [
+              f"train.epochs={qat_epochs}", "optim.lr=0.02", f"quant.init_from={float_dir(seed)}",
+              f"quant.method={method}", f"quant.w_bits={bits}", f"quant.a_bits={bits}"]))
+          at_init = init_accuracy(cfg)
+          out = quantize_classifier(cfg, os.path.join(tmp, f"{method}{bits}_{seed}"))
+          records.append({"seed": seed, "method": method, "bits": bits,
+                           "accuracy": out["served_accuracy"],
+                           "fake_quant_accuracy": out["fake_quant_accuracy"],
+                           "init_accuracy": at_init, "bytes": out["quantized_bytes"],
+                           "time_s": round(time.time() - t0, 1)})
+          print(f"seed {seed} {method} W{bits}A{bits}: init {100 * at_init:.2f}%, served "
+                f"{100 * out['served_accuracy']:.2f}% ({time.time() - t0:.0f} s)", flush=True)
+          save(records)
   return records
 
 
@@ -128,12 +134,9 @@ def main():
     seeds, bits, float_epochs, qat_epochs, name = [0], [2], 5, 1, "collapse_quick"
   else:
     seeds, bits, float_epochs, qat_epochs, name = args.seeds, args.bits, 15, 3, "collapse"
-  records = []
-  save = lambda seed_records: report(records + seed_records, bits, args.methods, float_epochs,
-                                     qat_epochs, args.out, name)
-  for seed in seeds:
-    records += run_seed(seed, bits, args.methods, float_epochs, qat_epochs, save)
-  print(save([])[1])
+  save = lambda records: report(records, bits, args.methods, float_epochs, qat_epochs, args.out,
+                                name)
+  print(save(run(seeds, bits, args.methods, float_epochs, qat_epochs, save))[1])
 
 
 if __name__ == "__main__":

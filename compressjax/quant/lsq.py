@@ -83,7 +83,7 @@ class LSQ(Quantizer):
     """``g = 1 / sqrt(N * Q_P)`` for a tensor of ``shape`` (``Q_P`` of the configured sign)."""
     n = self.granularity.per_stat(shape)
     if self.kind == "activation" and len(shape) >= 2:
-      n = max(n // shape[0], 1)
+      n = max(n // max(shape[0], 1), 1)
     return (n * (self.q_p if q_p is None else q_p)) ** -0.5
 
   def init(self, x: Array) -> tuple[State, State]:

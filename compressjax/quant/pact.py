@@ -41,6 +41,7 @@ ALPHA_FALLBACK = 1.0  # alpha0 when the init tensor has no positive finite sprea
 def alpha_from_data(x: Array, signed: bool | Array) -> Array:
   """PACT's data init: the 99.9th percentile of ``max(x, 0)`` (signed: ``|x|``), finite only."""
   x = jax.lax.stop_gradient(x).astype(jnp.float32)
+  x = jnp.where(jnp.isfinite(x), x, jnp.nan)  # dropped by the reduction, even -inf
   a = PER_TENSOR.reduce(jnp.where(signed, jnp.abs(x), jnp.maximum(x, 0.0)), "percentile",
                         q=ALPHA_PERCENTILE)
   return jnp.where(a > 0, a, ALPHA_FALLBACK)

@@ -18,7 +18,7 @@ from typing import Any
 
 from compressjax.core.rule import Rule, with_edges
 from compressjax.quant.dorefa import DoReFa
-from compressjax.quant.lsq import LSQ
+from compressjax.quant.lsq import LSQ, LSQPlus
 from compressjax.quant.pact import PACT
 from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.sat import SAT
@@ -40,6 +40,9 @@ _RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
     ),
 }
 METHODS = tuple(_RECIPES)
+# The network input (standardised images) is no ReLU output: with every layer quantized, LSQ reads
+# it through LSQ+ (its learned-offset extension), whose min/max init keeps the background exact.
+_INPUT: dict[str, Callable[[int], Any]] = {"lsq": lambda a: LSQPlus(bits=a)}
 
 
 def recipe(method: str, w_bits: int, a_bits: int) -> tuple[Any, Any]:
@@ -54,10 +57,13 @@ def recipe_rules(
 ) -> list[Rule]:
   """Rules for ``method``: ``w_bits``/``a_bits`` inside, ``edge_bits`` at the first/last
   weight site of ``sites`` (discovered sites, named ``module/param``); ``edge_bits=None``:
-  every layer at ``w_bits``/``a_bits``, first and last too."""
+  every layer at ``w_bits``/``a_bits``, first and last too (LSQ's first input: LSQ+)."""
   weight, act = recipe(method, w_bits, a_bits)
   if edge_bits is None:
-    return [Rule(pattern=".", weight=weight, act=act)]
+    first_act = _INPUT[method](a_bits) if method in _INPUT else act
+    return with_edges([Rule(pattern=".", weight=weight, act=act)], sites,
+                      first=Rule(pattern="", weight=weight, act=first_act),
+                      last=Rule(pattern="", weight=weight, act=act))
   edge_weight, edge_act = recipe(method, edge_bits, edge_bits)
   return with_edges(
       [Rule(pattern=".", weight=weight, act=act)],
