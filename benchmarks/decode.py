@@ -7,7 +7,8 @@ dispatcher (``compressjax.kernels.matmul``) from the packed weights. Each case i
 against the full forward of its model (float ``LM.apply`` / the served model's ``apply``) on
 the generated sequence: max |logit| difference and whether the greedy tokens are its argmaxes.
 Timing: the jitted ``generate`` (prefill + ``new_tokens`` greedy steps in one ``lax.scan``),
-compiled first, median of ``--repeats`` runs; tokens/s counts generated tokens of all sequences.
+run once first (the check compiled it), median of ``--repeats`` runs; tokens/s counts the
+generated tokens of all sequences.
 
   python benchmarks/decode.py [--quick] [--batch 1 8] [--prompt 32] [--new 96]
 """
@@ -62,7 +63,7 @@ def time_case(model, variables, prompt, new_tokens, repeats) -> dict:
     run()
     times.append(time.perf_counter() - start)
   median = float(np.median(times))
-  return {"compile_and_first_s": round(compile_s, 3), "median_s": median,
+  return {"first_run_s": round(compile_s, 3), "median_s": median,
           "tokens_per_s": prompt.shape[0] * new_tokens / median}
 
 

@@ -47,10 +47,12 @@ class Config:
   kd_temperature: float = 2.0
   kd_alpha: float = 0.5
   eval_windows: int = 1024
+  patterns: tuple[str, ...] = ("50% unstructured", "2:4")
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", steps=5, batch_size=8, kd_steps=5, eval_windows=128)
+QUICK = Config(teacher="teacher_quick", steps=3, batch_size=8, kd_steps=3, eval_windows=64,
+               patterns=("2:4",))
 
 PATTERNS = {"50% unstructured": lambda layers: prune.magnitude(0.5, layers=layers,
                                                               skip_first_last=False),
@@ -64,7 +66,8 @@ def schedule(cfg: Config, lr: float, steps: int, warmup: int):
 def prune_runs(cfg: Config, model, params, corpus, test) -> list[dict]:
   layers = [prune.Rule(pattern="^head/", prune=False), prune.Rule(pattern="^block")]
   rows = []
-  for name, make in PATTERNS.items():
+  for name in cfg.patterns:
+    make = PATTERNS[name]
     pruner = make(layers)
     pruned, masks = prune.prune_once(pruner, params)
     kept = [np.asarray(m) for m in jax.tree.leaves(masks)]

@@ -1,4 +1,5 @@
-"""The LM experiments' --quick paths (PTQ with RTN and GPTQ, QAT, KV-cache decode benchmark).
+"""The LM experiments' --quick paths (PTQ with RTN and GPTQ, QAT, pruning and KD, KV-cache
+decode benchmark).
 
 One module fixture trains the quick teacher if it is not cached (``experiments/work/lm``) and
 runs each quick path once into a temporary directory (about 1.5-2 CPU-minutes in all); the tests
@@ -21,7 +22,7 @@ from compressjax.core.matching import UnusedRuleWarning
 from compressjax.quant import gptq_apply
 from compressjax.quant.granularity import PER_CHANNEL, per_group
 from compressjax.quant.uniform import Uniform
-from experiments import lm_common, lm_ptq, lm_qat, lm_teacher
+from experiments import lm_common, lm_prune, lm_ptq, lm_qat, lm_teacher
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def quick_runs(tmp_path_factory):
       "out": out,
       "ptq": lm_ptq.main(["--quick", "--out-dir", out]),
       "qat": lm_qat.main(["--quick", "--out-dir", out]),
+      "prune": lm_prune.main(["--quick", "--out-dir", out]),
       "decode": decode.main(["--quick", "--out", os.path.join(out, "decode_quick.json")]),
   }
 
@@ -64,6 +66,16 @@ def test_qat_quick_outputs(quick_runs):
   # int8 dot path: accumulation order differs from the float matmul's, which can move an
   # activation across a rounding boundary (single logits move, the loss does not).
   assert abs(row["served_minus_fake_bpb_check"]) < 1e-3, row
+
+
+def test_prune_and_kd_quick(quick_runs):
+  result = quick_runs["prune"]
+  assert os.path.getsize(os.path.join(quick_runs["out"], "lm_prune_quick.md")) > 0
+  (row,) = result["prune"]
+  assert row["pattern"] == "2:4" and abs(row["sparsity_of_pruned_kernels"] - 0.5) < 1e-6
+  assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("one_shot_bpb", "finetuned_bpb"))
+  assert [r["loss"] for r in result["kd"]] == ["CE only", "logit KD"]
+  assert all(math.isfinite(r["test_bpb"]) and r["test_bpb"] > 0 for r in result["kd"])
 
 
 def test_decode_quick_matches_full_forward(quick_runs):
