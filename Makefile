@@ -16,7 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/compressjax demo
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 -q --durations=15 tests
 
 experiments: $(BIN)/.installed
 	$(BIN)/python -m experiments.run_all $(ARGS)

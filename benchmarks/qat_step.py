@@ -1,9 +1,12 @@
-"""QAT train-step time over float train-step time (digits CNN and ResNet-20, batch 128).
+"""QAT over float: train-step time and compile time (trace + lower + compile) per model.
 
-Float and quantized steps are timed interleaved in one process (A, B, A, B, ...) so machine
-noise hits both alike; the ratio of medians is reported. Goal: QAT <= 1.3x float.
+Models: the digits CNN (batch 64), ResNet-20 (batch 128) and the ViT (batch 64). Float and
+quantized steps are timed interleaved in one process (A, B, A, B, ...) so machine noise hits
+both alike; compile time is measured on a freshly built step each repetition, also
+interleaved. Ratios of medians are reported with the load average. Goals: step <= 1.10x and
+compile <= 1.3x float.
 
-  python benchmarks/qat_step.py [--reps 20] [--method lsq] [--bits 4]
+  python benchmarks/qat_step.py [--reps 20] [--compile-reps 3] [--method lsq] [--bits 4]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from compressjax.models import get_model
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train import create_train_state, make_train_step
 
-MODELS = {"cnn": (8, 8, 1), "resnet20": (32, 32, 3)}
+MODELS = {"cnn": ((8, 8, 1), 64), "resnet20": ((32, 32, 3), 128), "vit": ((8, 8, 1), 64)}
 
 
 def _step_and_state(model, x, y):
@@ -39,9 +42,18 @@ def _time(step, state, batch):
   return state, time.perf_counter() - t
 
 
-def bench(name: str, batch: int, reps: int, method: str, bits: int) -> dict:
+def _compile_seconds(model, state, batch) -> float:
+  """Trace + lower + compile of a freshly built train step (no cache shared with earlier ones)."""
+  step = make_train_step(model, optax.sgd(0.01, momentum=0.9))
+  t = time.perf_counter()
+  step.lower(state, batch).compile()
+  return time.perf_counter() - t
+
+
+def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits: int) -> dict:
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((batch, *MODELS[name])).astype(np.float32)
+  shape, batch = MODELS[name][0], batch or MODELS[name][1]
+  x = rng.standard_normal((batch, *shape)).astype(np.float32)
   y = rng.integers(0, 10, batch).astype(np.int32)
   model = get_model(name, 10)
   sites = discover(model, x, train=False)
@@ -56,25 +68,38 @@ def bench(name: str, batch: int, reps: int, method: str, bits: int) -> dict:
     for k, (step, _, b) in runs.items():
       states[k], dt = _time(step, states[k], b)
       times[k].append(dt)
+  compiles = {k: [] for k in runs}
+  models = {"float": model, "qat": qmodel}
+  for _ in range(compile_reps):
+    for k, (_, _, b) in runs.items():
+      compiles[k].append(_compile_seconds(models[k], states[k], b))
   med = {k: float(np.median(v)) for k, v in times.items()}
+  cmed = {k: float(np.median(v)) for k, v in compiles.items()}
   return {"model": name, "batch": batch, "method": method, "bits": bits,
           "float_ms": 1e3 * med["float"], "qat_ms": 1e3 * med["qat"],
-          "ratio": med["qat"] / med["float"], "reps": reps}
+          "ratio": med["qat"] / med["float"], "reps": reps,
+          "float_compile_s": cmed["float"], "qat_compile_s": cmed["qat"],
+          "compile_ratio": cmed["qat"] / cmed["float"], "compile_reps": compile_reps,
+          "load_average": os.getloadavg()}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reps", type=int, default=20)
-  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=0, help="0: each model's own batch")
+  parser.add_argument("--compile-reps", type=int, default=3)
   parser.add_argument("--method", default="lsq")
   parser.add_argument("--bits", type=int, default=4)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args()
   device = jax.devices()[0]
-  rows = [bench(name, args.batch, args.reps, args.method, args.bits) for name in MODELS]
+  rows = [bench(name, args.batch, args.reps, args.compile_reps, args.method, args.bits)
+          for name in MODELS]
   for r in rows:
     print(f"{r['model']:>9} batch {r['batch']}: float {r['float_ms']:.2f} ms, "
-          f"{r['method']} W{r['bits']}A{r['bits']} {r['qat_ms']:.2f} ms, ratio {r['ratio']:.2f}x")
+          f"{r['method']} W{r['bits']}A{r['bits']} {r['qat_ms']:.2f} ms, ratio {r['ratio']:.2f}x; "
+          f"compile {r['float_compile_s']:.2f} s vs {r['qat_compile_s']:.2f} s, "
+          f"ratio {r['compile_ratio']:.2f}x (load {r['load_average'][0]:.1f})")
   os.makedirs(args.out, exist_ok=True)
   kind = device.device_kind.replace(" ", "_")
   path = os.path.join(args.out, f"qat_step_{kind}.json")
