@@ -39,10 +39,10 @@ from experiments.lm_common import (batches, bits_per_byte, load_corpus, model_fi
 @dataclasses.dataclass(frozen=True)
 class Config:
   teacher: str = "teacher"
-  steps: int = 150
+  steps: int = 100
   batch_size: int = 16
   lr: float = 5e-4
-  kd_steps: int = 300
+  kd_steps: int = 200
   kd_lr: float = 3e-3
   kd_temperature: float = 2.0
   kd_alpha: float = 0.5

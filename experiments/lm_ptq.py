@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import time
@@ -192,6 +193,7 @@ def markdown(result: dict, command: str) -> str:
   worst = max(r.get("served_minus_fake_max_abs_logit", 0.0) for r in result["rows"])
   md += f"\nLargest |served - fake| logit over all configurations (8 windows): {worst:.2e}.\n"
   md += "\n" + comparison(summary) + "\n"
+  md += "\n" + act_order_comparison(result["rows"]) + "\n"
   m = result["machine"]
   md += (f"\n{m['device']} ({m['cpus']} cores, load {m['load_average_1min_at_end']:.1f}), "
          f"jax {m['jax']}, {result['total_seconds']:.0f} s. `{command}`\n")
@@ -209,6 +211,27 @@ def comparison(summary: list[dict]) -> str:
     z = abs(d) / s["sd_bpb"] if s["sd_bpb"] > 0 else float("inf")
     lines.append(f"- W{s['bits']} {s['granularity']}{' act-order' if s['act_order'] else ''}: "
                  f"{d:+.4f} bpb ({z:.0f} sd{', > 3 sd' if z > 3 else ', within 3 sd'})")
+  return "\n".join(lines)
+
+
+def act_order_comparison(rows: list[dict]) -> str:
+  """GPTQ act-order on - off on the same calibration subset (paired by seed)."""
+  lines = ["GPTQ act-order on - off, paired by calibration subset (mean ± sd of the paired "
+           "differences; the difference in pooled sd of the two arms in parentheses):", ""]
+  gptq = [r for r in rows if r["method"] == "gptq"]
+  for bits in sorted({r["bits"] for r in gptq}, reverse=True):
+    for gran in dict.fromkeys(r["granularity"] for r in gptq):
+      arm = lambda ao: {r["seed"]: r["test_bpb"] for r in gptq
+                        if (r["bits"], r["granularity"], r["act_order"]) == (bits, gran, ao)}
+      off, on = arm(False), arm(True)
+      seeds = sorted(set(off) & set(on))
+      if len(seeds) < 2:
+        continue
+      d = np.array([on[s] - off[s] for s in seeds])
+      pooled = math.sqrt((np.var([off[s] for s in seeds], ddof=1)
+                          + np.var([on[s] for s in seeds], ddof=1)) / 2)
+      lines.append(f"- W{bits} {gran}: {d.mean():+.4f} ± {d.std(ddof=1):.4f} bpb "
+                   f"({abs(d.mean()) / pooled:.1f} pooled sd) over {len(seeds)} subsets")
   return "\n".join(lines)
 
 
@@ -237,12 +260,18 @@ def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="quick teacher, few configs")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
+  parser.add_argument("--from-json", action="store_true",
+                      help="rewrite the Markdown/PNG from the existing JSON, no run")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  start = time.time()
-  result = run(cfg)
-  result["total_seconds"] = time.time() - start
   name = "lm_ptq_quick" if args.quick else "lm_ptq"
+  if args.from_json:  # rebuild the report from an earlier run's JSON
+    with open(os.path.join(args.out_dir, f"{name}.json")) as f:
+      result = json.load(f)
+  else:
+    start = time.time()
+    result = run(cfg)
+    result["total_seconds"] = time.time() - start
   md = markdown(result, "python -m experiments.lm_ptq" + (" --quick" if args.quick else ""))
   _report.write(name, result, md, out_dir=args.out_dir)
   plot(result, os.path.join(args.out_dir, f"{name}.png"))
