@@ -19,8 +19,8 @@ from compressjax.qarray import QArray
 
 __version__ = "0.1.0"
 
-_LAZY = ("config", "cost", "data", "distill", "kernels", "mixed", "models", "pipeline", "prune",
-         "train")
+_LAZY = ("artifacts", "config", "cost", "data", "distill", "kernels", "mixed", "models",
+         "pipeline", "prune", "train")
 
 __all__ = [
     "QArray",

@@ -222,6 +222,7 @@ def run_story(workdir: str = "runs/demo", overrides: Sequence[str] = (), *, reus
                            edge_bits=story.edge_bits)
       m = _fit_compressed(teacher, qat_cfg, name, rules, os.path.join(workdir, name))
       baselines[name] = (m, _serve(teacher, m))
+      _log_artifacts(log, name, baselines[name][1]["artifacts"])
   with stage("student", f"student: {story.method} W{story.w_bits}A{story.a_bits} + "
              f"{story.sparsity:.0%} magnitude pruning + distillation"):
     student = _fit_compressed(teacher, student_cfg, "student",
@@ -229,6 +230,7 @@ def run_story(workdir: str = "runs/demo", overrides: Sequence[str] = (), *, reus
                               os.path.join(workdir, "student"), story=story)
   with stage("serve", "student: export to packed integers, serve, compare with fake-quant"):
     served = _serve(teacher, student)
+    _log_artifacts(log, "student", served["artifacts"])
   with stage("report", "report: accuracy, bits, sparsity, bytes, MACs/BitOPs"):
     summary = _summary(story, teacher, {**trained, "reused": reused}, baselines,
                        (student, served), timings)
@@ -237,6 +239,13 @@ def run_story(workdir: str = "runs/demo", overrides: Sequence[str] = (), *, reus
   summary["files"] = {k: os.path.join(workdir, v) for k, v in FILES.items()}
   _write(summary)
   return summary
+
+
+def _log_artifacts(log: Callable[[str], None], name: str, a: dict[str, Any]) -> None:
+  log(f"    {name} artifacts: StableHLO {a['stablehlo_module_bytes']:,} B module + "
+      f"{a['stablehlo_weights_bytes']:,} B weights, ONNX {a['onnx_bytes']:,} B; onnxruntime "
+      f"agrees on {a['onnx_argmax_agreement']:.2%} of the test images "
+      f"(max logit diff {a['onnx_max_abs_diff']:.2e})")
 
 
 def _baseline_name(w_bits: int, a_bits: int) -> str:
@@ -332,8 +341,14 @@ def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
            for site in teacher.profile.sites if site.op == "dot_general"
            for kernel in [_served_weight(serving_vars, site.name)]
            if isinstance(kernel, QArray)}
+  from compressjax.artifacts import write_artifacts  # pylint: disable=g-import-not-at-top
+
+  # The whole test split is the artifacts' batch, so their agreement is over every test image.
+  artifacts = write_artifacts(serving_model, serving_vars, images,
+                              os.path.join(m.workdir, "artifacts"))
   return {
       "serving_vars": serving_vars,
+      "artifacts": artifacts,
       "serving_paths": {name: list(v) for name, v in paths.items()},
       "fake_quant_accuracy": _accuracy(fake, labels),
       "served_accuracy": _accuracy(served, labels),
@@ -390,6 +405,7 @@ def _model_entry(teacher: _Teacher, label: str, m: _Compressed, served: dict,
           m.workdir, "checkpoints", str(m.steps)),
       "prediction_mismatches": served["prediction_mismatches"],
       "max_logit_diff": served["max_logit_diff"],
+      "artifacts": served["artifacts"],
   }
 
 
