@@ -35,6 +35,21 @@ from experiments import _report
 METHODS = ("dorefa_pact", "lsq", "sat", "sat_centered")
 BITS = (2, 3, 4)
 
+NOTES = """
+Notes (measured on the seed-0 float model, W2A2, init accuracy before any QAT step):
+- `lsq` reads the network input (standardised images, background -0.81) through LSQ+: a
+  signed LSQ grid put the background on code 0 (init 53.2%, served 92.2% after QAT); LSQ+'s
+  min/max init keeps it exact (init 86.1%, served 97.5%).
+- `sat` / `sat_centered` start at chance: SAT's variance rule rescales every weight to
+  Var = 1/n_out while eval-mode BatchNorm keeps the float model's running statistics (keeping
+  just `conv0` float raises `sat_centered`'s init to 59.3%); QAT's train-mode BatchNorm
+  recovers `sat_centered`. `sat`'s "modified" grid also shifts the BN-free `hidden` layer (see
+  quantization.md): chance at W2A2 and W3A3 on every seed, and on 1 of 3 seeds at W4A4.
+- `dorefa_pact`: DoReFa weights lie in [-1, 1] whatever the float weights' scale, and no
+  BatchNorm follows `hidden`/`head` to absorb that; at W2A2 its QAT fell to chance on 2 of 3
+  seeds, and QAT lowers its W4A4 accuracy below the init one on every seed (see the JSON).
+"""
+
 
 def every_layer(cfg: Config) -> Config:
   """``cfg`` with ``quant.edge_bits=None``: no layer keeps higher precision.
@@ -100,7 +115,7 @@ def report(records, bits_list, methods, float_epochs, qat_epochs, out_dir, name)
         f"mean ± sd, % test accuracy; float {float_epochs} epochs, QAT {qat_epochs} epochs)\n\n"
         "`init`: fake-quant model right after init-from-float (clip levels / steps from the "
         "init batch), before any QAT step. `served`: the exported integer model after QAT.\n\n"
-        + _report.markdown_table(header, rows))
+        + _report.markdown_table(header, rows) + NOTES)
   paths = _report.write(name, {"records": records, "seeds": seeds, "bits": list(bits_list),
                                "methods": list(methods), "float_epochs": float_epochs,
                                "qat_epochs": qat_epochs, "edge_bits": None}, md, out_dir)

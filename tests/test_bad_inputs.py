@@ -46,6 +46,7 @@ def test_signed_must_be_bool_or_none(cls):
     lambda: LSQ(bits=4, kind="activation"),
     lambda: Uniform(bits=8, signed=None),
     lambda: SAT(bits=4, kind="activation"),
+    lambda: DoReFa(bits=2, kind="activation"),
 ])
 def test_integer_inputs_are_a_type_error(make):
   q = make()

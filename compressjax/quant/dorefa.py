@@ -7,6 +7,11 @@ an identity gradient (sign(0) = +1, so there are two levels). Activations: ``q_k
 with the gradient masked outside [0, 1]. ``granularity`` (weights only) chooses what the max and
 ``E`` are taken over: DoReFa uses one per tensor.
 
+Activations keep DoReFa's fixed [0, 1] range, with no calibrated scale: the paper quantizes the
+output of a bounded activation, so the range is part of the method, not a statistic of the
+data. For activations of unknown scale use PACT (the ``dorefa_pact`` recipe): its clip level
+starts from the init batch's statistics and is learned.
+
 Export: weights ``k > 1`` have codes ``i = round((2^k - 1) w~)`` in ``0..2^k-1`` with scale
 ``2 / (2^k - 1)`` and zero point ``(2^k - 1) / 2``; ``k = 1`` codes ``{0, 1}`` with scale ``2E``
 and zero point ``1/2``; activations codes ``0..2^k-1`` with scale ``1 / (2^k - 1)``.
@@ -17,6 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from compressjax.quant import _checks
 from compressjax.quant._checks import check_granularity, check_kind
 from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
@@ -58,8 +64,13 @@ class DoReFa(Quantizer):
     allowed = ("tensor",) if self.kind == "activation" else ("tensor", "channel", "group")
     check_granularity(self, self.granularity, allowed)
 
+  def init(self, x: Array) -> tuple[State, State]:
+    _checks.check_operand(self, x, init=True)
+    return {}, {}
+
   def fake(self, x: Array, params: State, stats: State) -> Array:
     del params, stats
+    _checks.check_operand(self, x, init=False)
     centered, scale, _ = self._centered_codes(x)
     return self.granularity.unview(centered * scale, x.shape).astype(x.dtype)
 

@@ -41,8 +41,8 @@ class LSQ(Quantizer):
 
   Attributes:
     bits: 2..16.
-    signed: signed codes or unsigned (activations after ReLU); None: signed for weights,
-      unsigned for activations, as in LSQ.
+    signed: signed or unsigned codes; None: signed for weights, and for activations signed
+      exactly when the init tensor has negatives (kept as ``stats["signed"]``).
     kind: ``"weight"`` or ``"activation"``: the default sign and ``N`` of the gradient scale.
     granularity: one step per tensor, per channel (last axis) or per group of ``K`` rows.
   """
@@ -73,10 +73,12 @@ class LSQ(Quantizer):
 
   @property
   def q_n(self) -> int:
+    """``Q_N`` of a configured sign (``bounds(stats)`` for a calibrated one)."""
     return self.bounds({})[0]
 
   @property
   def q_p(self) -> int:
+    """``Q_P`` of a configured sign (``bounds(stats)`` for a calibrated one)."""
     return self.bounds({})[1]
 
   def grad_scale_of(self, shape: tuple[int, ...], q_p: Array | int | None = None) -> Array | float:

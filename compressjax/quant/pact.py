@@ -107,7 +107,8 @@ class PACT(Quantizer):
 
   def export(self, x: Array, params: State, stats: State) -> QArray:
     q = self.quantize(x, params, stats)
-    zero = None if q.lo < 0 or isinstance(q.zero_point, float) else jnp.reshape(q.zero_point, (1, 1))
+    calibrated_sign = not isinstance(q.zero_point, float)
+    zero = jnp.reshape(q.zero_point, (1, 1)) if calibrated_sign else None
     return QArray.from_codes(q.codes.astype(jnp.int32), jnp.reshape(q.scale, (1, 1)), zero,
                              bits=self.bits, signed=q.lo < 0)
 
