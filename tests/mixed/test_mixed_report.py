@@ -35,7 +35,7 @@ def test_json_round_trip_and_rules(tmp_path):
                                         "^head/kernel$"]
   assert rules[0].weight == SAT(bits=8) and rules[0].act is None
   assert isinstance(rules[1].weight, ChannelBits) and rules[1].weight.bits == (2, 3, 3, 4)
-  assert rules[1].act == SAT(bits=4, kind="activation")
+  assert rules[1].act == SAT(bits=4, kind="activation", signed=None)  # sign from calibration
   centered = mr.rules_from_json(alloc)[2].weight  # default method: SAT on the centered grid
   assert centered == SAT(bits=3, grid="centered")
   uniform = mr.rules_from_json(mr.BitAllocation.create({"c": [3, 3]}, {"c": 3}), method="sat")
