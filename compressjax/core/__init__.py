@@ -10,13 +10,14 @@ from compressjax.core.compress import (SITE_PARAMS, STATS, Compression, compress
                                        with_compression)
 from compressjax.core.matching import UnusedRuleWarning, matches
 from compressjax.core.nnx_compress import CompressedModule, QuantStat
+from compressjax.core.record import RecordInput
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import Site, discover
 from compressjax.core.transform import Chain, Transform, bits_of, chain
 from compressjax.core.zeros import KeepZeros, keep_zeros
 
 __all__ = [
-    "Chain", "CompressedModule", "Compression", "KeepZeros", "QuantStat", "Rule", "SITE_PARAMS",
+    "Chain", "CompressedModule", "Compression", "KeepZeros", "QuantStat", "RecordInput", "Rule", "SITE_PARAMS",
     "STATS", "Site", "Transform", "UnusedRuleWarning", "bits_of", "calibrate", "chain",
     "compress", "discover", "init_from", "is_compressed", "keep_zeros", "matches",
     "param_labels", "uncompressed", "with_compression", "with_edges",

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compressjax.core.record import RecordInput
 from compressjax.core.matching import UnusedRuleWarning
 from compressjax.core.compress import SITE_PARAMS, STATS, compress, init_from, uncompressed
 from compressjax.core.rule import Rule, with_edges
@@ -62,23 +63,10 @@ def edge_rules(sites: Sequence[Any], weight: Any, act: Any, *, method: Method, e
   )
 
 
-class _Record:
-  """A transform that keeps its operand as its (init-time) statistic and changes nothing."""
-
-  def init(self, x: Array):
-    return {}, {"x": x}
-
-  def update(self, x: Array, params, stats):
-    return stats
-
-  def fake(self, x: Array, params, stats):
-    return x
-
-
 def site_inputs(model: nn.Module, variables: dict, x: Array, **kwargs: Any) -> dict[str, Array]:
   """The activation operand of every weight site of a float ``model`` on ``x``, by site name
   (as the op sees it; stacked along the leading axes for sites in ``nn.scan`` stacks)."""
-  recorder = compress(uncompressed(model), [Rule(pattern=".", act=_Record())])
+  recorder = compress(uncompressed(model), [Rule(pattern=".", act=RecordInput())])
   user = {k: v for k, v in variables.items() if k != STATS}
   user["params"] = {k: v for k, v in variables["params"].items() if k != SITE_PARAMS}
   with warnings.catch_warnings():

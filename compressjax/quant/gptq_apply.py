@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compressjax.core.record import RecordInput
 from compressjax.core.compress import SITE_PARAMS, STATS, compress, init_from, uncompressed
 from compressjax.core.matching import UnusedRuleWarning
 from compressjax.core.rule import Rule
@@ -110,19 +111,6 @@ class GivenCodes(Quantizer):
         group_size=self.group_size)
 
 
-class _Record:
-  """An activation transform that keeps its operand as its init-time statistic."""
-
-  def init(self, x: Array):
-    return {}, {"x": x}
-
-  def update(self, x: Array, params, stats):
-    return stats
-
-  def fake(self, x: Array, params, stats):
-    return x
-
-
 def _activation_matrix(site, x: Array) -> Array:
   """The activation operand of ``site`` as ``(rows, K)``, K in the weight view's order."""
   index = 1 - site.weight_index
@@ -144,7 +132,7 @@ def site_hessians(model: Any, variables: dict, batches: Iterable[Array],
   for s in sites:
     if s.stack:
       raise ValueError(f"site_hessians: site {s.name!r} is inside an nn.scan stack (unsupported)")
-  recorder = compress(plain, [Rule(pattern=".", act=_Record())])
+  recorder = compress(plain, [Rule(pattern=".", act=RecordInput())])
   user = {k: v for k, v in variables.items() if k != STATS}
   user["params"] = {k: v for k, v in variables["params"].items() if k != SITE_PARAMS}
 
