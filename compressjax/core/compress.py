@@ -295,6 +295,21 @@ def split_state(state: dict[str, Any]) -> tuple[dict, dict]:
   return params, stats
 
 
+def state_reader(spec: Compression, init: bool, params: dict, stats_or_served: dict):
+  """``state_of(trace)`` for :func:`run`: nothing at init; serving state (QArrays) when serving,
+  looked up in ``stats_or_served``; else the nested params and stats joined per site."""
+
+  def state_of(tr):
+    if init:
+      return {}
+    if spec.serve:
+      return {s.name: get_path(stats_or_served, s.name) for s in tr.site_list
+              if get_path(stats_or_served, s.name) is not None}
+    return join_state(tr.site_list, params, stats_or_served)
+
+  return state_of
+
+
 def join_state(sites: Sequence[Site], params: dict, stats: dict) -> dict[str, Any]:
   """Inverse of :func:`split_state` for the sites of a trace."""
   out = {}
@@ -372,15 +387,7 @@ def _linen_call(module, variables, args, kwargs, *, rngs, method, mutable, init,
   fn, fn_args, paths, absent, site_params, site_stats = _linen_inputs(
       module, variables, args, kwargs, rngs=rngs, method=method, mutable=mutable)
   spec = module.compression
-
-  def state_of(tr):
-    if init:
-      return {}
-    if spec.serve:
-      return {s.name: get_path(site_stats, s.name) for s in tr.site_list
-              if get_path(site_stats, s.name) is not None}
-    return join_state(tr.site_list, site_params, site_stats)
-
+  state_of = state_reader(spec, init, site_params, site_stats)
   return run(fn, fn_args, paths, spec, state_of,
              init=init, update_stats=calibrate if init else _is_mutable(mutable, STATS),
              absent=absent)

@@ -20,9 +20,9 @@ import jax
 from flax import nnx
 
 from compressjax.core import trace as trace_lib
-from compressjax.core.compress import (Compression, check_rules, join_state, run, split_dynamic,
-                                       split_state)
-from compressjax.core.tree_paths import get_path, key_name
+from compressjax.core.compress import (Compression, check_rules, run, split_dynamic, split_state,
+                                       state_reader)
+from compressjax.core.tree_paths import key_name
 from compressjax.qarray import QArray
 
 
@@ -150,15 +150,8 @@ def _inputs(model, spec: Compression, method, args, kwargs):
 def _call(model, spec: Compression, state: dict, method: str, args, kwargs, *, init: bool,
           update_stats: bool):
   fn, fn_args, paths, absent = _inputs(model, spec, method, args, kwargs)
-  served = state.get("served") or {}
-
-  def state_of(tr):
-    if init:
-      return {}
-    if spec.serve:
-      return {s.name: get_path(served, s.name) for s in tr.site_list
-              if get_path(served, s.name) is not None}
-    return join_state(tr.site_list, state["params"], state["stats"])
+  state_of = state_reader(spec, init, state.get("params", {}),
+                          state.get("served" if spec.serve else "stats") or {})
 
   (out, rest), result = run(fn, fn_args, paths, spec, state_of, init=init,
                             update_stats=update_stats, absent=absent)
