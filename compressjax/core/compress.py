@@ -500,13 +500,16 @@ def param_labels(params: Any, quantizer_label: str = "quantizer", other_label: s
 
 
 def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
-              **kwargs: Any) -> dict:
+              recalibrate_bn: bool | None = None, **kwargs: Any) -> dict:
   """Variables of a compressed Linen ``model`` that start from a float model's ``variables``.
 
   Runs one forward pass (use eval-mode kwargs, e.g. ``train=False``) on ``args`` with the float
   values in place, so transform state is initialised from the real weights and activations
-  (LSQ step sizes, calibration ranges). Returns all collections.
+  (LSQ step sizes, calibration ranges). BatchNorm statistics are then recomputed on ``args``
+  under the compressed weights (see :mod:`compressjax.core.bn_recalibrate`; ``recalibrate_bn``:
+  None recalibrates when a rule transforms weights). Returns all collections.
   """
+  from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
   from compressjax.core.checks import check_finite  # pylint: disable=g-import-not-at-top
 
   check_finite(variables.get("params", {}), "init_from: float variables")
@@ -519,11 +522,23 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
     out, result = _linen_call(model, as_dict(variables), a, k, rngs={"params": rng},
                               method=None, mutable=True, init=True)
     del out
-    return split_state(result.state)
+    params, stats = split_state(result.state)
+    new = dict(as_dict(variables))
+    new["params"] = {**new["params"], SITE_PARAMS: params}
+    if stats:
+      new[STATS] = stats
+    return new
 
-  params, stats = build(variables, rng, dyn)
-  new = dict(as_dict(variables))
-  new["params"] = {**new["params"], SITE_PARAMS: params}
-  if stats:
-    new[STATS] = stats
+  @jax.jit
+  def recalibrate(variables, dyn):
+    a, k = rebuild(dyn)
+    return bn_recalibrate.linen_batch_stats(model, variables, a, k)
+
+  new = build(variables, rng, dyn)
+  if bn_recalibrate.wanted(recalibrate_bn, model.compression.rules) and (
+      bn_recalibrate.BATCH_STATS in variables):
+    for i in range(bn_recalibrate.PASSES):
+      new = recalibrate(new, dyn)
+      if i + 1 < bn_recalibrate.PASSES:
+        new = build(new, rng, dyn)
   return new

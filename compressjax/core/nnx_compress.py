@@ -49,9 +49,14 @@ class Served(nnx.Variable):
 
 
 def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> CompressedModule:
-  """See the module docstring; ``method=`` names the model method the example inputs call."""
+  """See the module docstring; ``method=`` names the model method the example inputs call;
+  ``recalibrate_bn=`` as for :func:`compressjax.core.init_from` (BatchNorm statistics
+  recomputed on the example inputs under the compressed weights)."""
+  from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
+
   method = kwargs.pop("method", "__call__")
   spec = Compression(check_rules(rules))
+  recalibrate = bn_recalibrate.wanted(kwargs.pop("recalibrate_bn", None), spec.rules)
   graphdef, model_state = nnx.split(model)
   dyn, rebuild = split_dynamic((args, kwargs))
 
@@ -59,8 +64,20 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
   def init(model_state, dyn):
     m = nnx.merge(graphdef, model_state)
     a, k = rebuild(dyn)
-    state, _ = _call(m, spec, {}, method, a, k, init=True, update_stats=True)
-    return split_state(state), nnx.state(m)
+    init_state = lambda: split_state(_call(m, spec, {}, method, a, k, init=True,
+                                           update_stats=True)[0])
+    params, stats = init_state()
+    if recalibrate:
+      # A second merged copy in batch-statistics mode writes its BatchNorm statistics into m.
+      recal = nnx.merge(graphdef, nnx.state(m))
+      if bn_recalibrate.nnx_batch_statistics_mode(recal):
+        for i in range(bn_recalibrate.PASSES):
+          _call(recal, spec, {"params": params, "stats": stats}, method, a, k, init=False,
+                update_stats=False)
+          nnx.update(m, nnx.state(recal, nnx.BatchStat))
+          if i + 1 < bn_recalibrate.PASSES:
+            params, stats = init_state()
+    return (params, stats), nnx.state(m)
 
   (params, stats), new_model_state = init(model_state, dyn)
   nnx.update(model, new_model_state)
