@@ -344,8 +344,11 @@ def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
   from compressjax.artifacts import write_artifacts  # pylint: disable=g-import-not-at-top
 
   # The whole test split is the artifacts' batch, so their agreement is over every test image.
+  # Pruned kernels are stored as bitmap + nonzero codes in the StableHLO artifact.
+  pruned = {} if m.masks is None else {s.name: "bitmap" for s in teacher.profile.sites
+                                       if get_path(m.masks, s.param) is not None}
   artifacts = write_artifacts(serving_model, serving_vars, images,
-                              os.path.join(m.workdir, "artifacts"))
+                              os.path.join(m.workdir, "artifacts"), sparse=pruned)
   return {
       "serving_vars": serving_vars,
       "artifacts": artifacts,
@@ -378,16 +381,6 @@ def site_bits(rules: Sequence[Any], sites: Sequence[Any]) -> tuple[dict, dict]:
   rules_at = {getattr(s, "name", s): spec.rule_for(s) for s in sites}
   return ({p: r and bits(r.weight) for p, r in rules_at.items()},
           {p: r and bits(r.act) for p, r in rules_at.items()})
-
-
-def _sparse_bytes(serving_vars: dict, names: Sequence[str], total: int) -> int:
-  """``total`` with each pruned QArray kernel stored as a bitmap plus its nonzero codes."""
-  for name in names:
-    q = _served_weight(serving_vars, name)
-    nonzero = int(np.count_nonzero(np.asarray(q.codes())))
-    codes = q.packed.size * q.packed.dtype.itemsize
-    total += math.ceil(nonzero * q.bits / 8) + math.ceil(q.k * q.n / 8) - codes
-  return total
 
 
 def _model_entry(teacher: _Teacher, label: str, m: _Compressed, served: dict,
@@ -465,8 +458,10 @@ def _summary(story: Story, teacher: _Teacher, trained: dict, baselines: dict,
              "checkpoint": trained["checkpoint"]}]
   models += [_model_entry(teacher, f"QAT {story.method} W{w}A{a}", m, s, timings)
              for (w, a), (m, s) in zip(story.baselines, baselines.values())]
-  models.append({**entry, "sparse_bytes": _sparse_bytes(serving_vars, pruned,
-                                                        served_size.total_bytes)})
+  from compressjax.artifacts.sparse import stored_bytes  # pylint: disable=g-import-not-at-top
+
+  models.append({**entry, "sparse_bytes": stored_bytes(serving_vars,
+                                                       dict.fromkeys(pruned, "bitmap"))})
   return {
       "dataset": cfg.data.name, "model": cfg.model.name, "params": profile.total_params,
       "macs": profile.macs, "test_examples": len(teacher.setup.dataset.test),

@@ -22,7 +22,10 @@ read (4-bit codes become one int8 per code: twice their packed size) and folded 
 broadcast that would turn a scalar into a large constant (the all-ones kernel of the NaN-mask
 conv) stays in the graph as ``Expand``.
 
-The graph's input shape is static: the example input's.
+The batch (first) dimension of the graph's input and output is dynamic ("batch"): the program
+is traced with a symbolic batch (``jax.export.symbolic_shape``) and every shape that depends on
+it (reshapes, broadcasts, slices) is computed in the graph from the input's ``Shape``; the other
+dimensions are the example input's.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 OPSET = 17
+BATCH = "b"  # the symbolic batch dimension of the traced program
 IR_VERSION = 8
 _EXPAND_BYTES = 1024  # a broadcast of one value to more bytes than this stays an Expand node
 _INLINE = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
@@ -63,6 +67,7 @@ class _Builder:
     self.initializers: list = []
     self._used: set[str] = set()
     self._consts: dict = {}
+    self._batch: str | None = None
 
   def name(self, hint: str) -> str:
     name, i = hint, 0
@@ -87,6 +92,22 @@ class _Builder:
   def const(self, value, dtype=np.int64) -> str:
     return self.tensor(_Known(np.asarray(value, dtype), "const"))
 
+  def dims(self, shape) -> str:
+    """An int64 shape tensor; a dimension ``a * batch + c`` is computed from the input's."""
+    if not any(_is_symbolic(d) for d in shape):
+      return self.const([int(d) for d in shape])
+    parts = []
+    for d in shape:
+      if not _is_symbolic(d):
+        parts.append(self.const([int(d)]))
+        continue
+      if self._batch is None:
+        self._batch = self.op("Shape", ["input"], start=0, end=1)
+      a, c = _linear_in_batch(d)
+      part = self._batch if a == 1 else self.op("Mul", [self._batch, self.const([a])])
+      parts.append(part if c == 0 else self.op("Add", [part, self.const([c])]))
+    return self.op("Concat", parts, axis=0)
+
   def op(self, op_type: str, inputs, n_out: int = 1, **attrs):
     outs = [self.name(f"{op_type.lower()}{len(self.nodes)}") for _ in range(n_out)]
     self.nodes.append(self.helper.make_node(op_type, [self.tensor(v) for v in inputs], outs,
@@ -105,12 +126,32 @@ class _Builder:
     return self.op("Transpose", [v], perm=perm)
 
   def reshape(self, v, shape, from_shape):
-    shape = tuple(int(d) for d in shape)
-    if shape == tuple(from_shape):
+    shape = tuple(d if _is_symbolic(d) else int(d) for d in shape)
+    if len(shape) == len(from_shape) and all(_same(a, b) for a, b in zip(shape, from_shape)):
       return v
     if isinstance(v, _Known):
       return _Known(v.value.reshape(shape), v.hint)
-    return self.op("Reshape", [v, self.const(shape)])
+    return self.op("Reshape", [v, self.dims(shape)])
+
+
+def _is_symbolic(d) -> bool:
+  return not isinstance(d, (int, np.integer))
+
+
+def _same(a, b) -> bool:
+  return a == b if _is_symbolic(a) == _is_symbolic(b) else False
+
+
+def _linear_in_batch(d) -> tuple[int, int]:
+  """``(a, c)`` with ``d == a * batch + c`` for a symbolic dimension ``d``."""
+  evaluate = getattr(d, "_evaluate", None)
+  if evaluate is None:
+    raise NotImplementedError(f"save_onnx: cannot evaluate the symbolic dimension {d}")
+  at = lambda v: int(evaluate({BATCH: v}))
+  a, c = at(2) - at(1), 2 * at(1) - at(2)
+  if at(3) != 3 * a + c:
+    raise NotImplementedError(f"save_onnx: dimension {d} is not linear in the batch size")
+  return a, c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +184,7 @@ def _equation(b: _Builder, eqn, ins):
     return _walk(b, jaxpr, [_Known(np.asarray(c), "const") for c in consts], ins)
   if name in _IDENTITY:
     return ins
-  if all(isinstance(v, _Known) for v in ins) and not _expands(eqn, ins):
+  if all(isinstance(v, _Known) for v in ins) and not _batch_sized(eqn) and not _expands(eqn, ins):
     outs = eqn.primitive.bind(*(v.value for v in ins), **eqn.params)
     outs = outs if eqn.primitive.multiple_results else [outs]
     hint = next((v.hint for v in ins if v.hint not in ("literal", "const")), "const")
@@ -155,6 +196,11 @@ def _equation(b: _Builder, eqn, ins):
         f"{', '.join(sorted({*_RULES, *_INLINE, *_IDENTITY}))}")
   out = rule(b, eqn, *ins)
   return out if eqn.primitive.multiple_results else [out]
+
+
+def _batch_sized(eqn) -> bool:
+  """An output whose shape depends on the batch size: it is computed in the graph."""
+  return any(_is_symbolic(d) for v in eqn.outvars for d in v.aval.shape)
 
 
 def _expands(eqn, ins) -> bool:
@@ -213,7 +259,7 @@ def _round(b, eqn, x):
 def _integer_pow(b, eqn, x):
   y = eqn.params["y"]
   if y == 0:
-    return b.op("Expand", [b.const(1, _in(eqn).dtype), b.const(_out(eqn).shape)])
+    return b.op("Expand", [b.const(1, _in(eqn).dtype), b.dims(_out(eqn).shape)])
   acc, base, n = None, x, abs(y)
   while n:
     if n & 1:
@@ -280,7 +326,9 @@ def _broadcast_in_dim(b, eqn, x, *dynamic):
   for i, d in enumerate(eqn.params["broadcast_dimensions"]):
     middle[d] = _in(eqn).shape[i]
   x = b.reshape(x, middle, _in(eqn).shape)
-  return x if tuple(middle) == shape else b.op("Expand", [x, b.const(shape)])
+  if all(_same(a, d) for a, d in zip(middle, shape)):
+    return x
+  return b.op("Expand", [x, b.dims(shape)])
 
 
 def _concatenate(b, eqn, *xs):
@@ -299,7 +347,7 @@ def _slice(b, eqn, x):
   p = eqn.params
   steps = p["strides"] or (1,) * len(p["start_indices"])
   axes = range(len(steps))
-  return b.op("Slice", [x, b.const(p["start_indices"]), b.const(p["limit_indices"]),
+  return b.op("Slice", [x, b.dims(p["start_indices"]), b.dims(p["limit_indices"]),
                         b.const(list(axes)), b.const(steps)])
 
 
@@ -443,7 +491,9 @@ def to_onnx(serving_model: Any, serving_vars: dict | None, example_input: Any):
   from compressjax.artifacts.serving_fn import serving_function  # pylint: disable=g-import-not-at-top
 
   fn, leaves, names = serving_function(serving_model, serving_vars)
-  x = jax.ShapeDtypeStruct(tuple(example_input.shape), example_input.dtype)
+  rest = ", ".join(str(d) for d in example_input.shape[1:])
+  x = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{BATCH}, {rest}" if rest else BATCH),
+                           example_input.dtype)
   closed = jax.make_jaxpr(fn)(leaves, x)
   b = _Builder()
   b.name("input")
@@ -453,7 +503,8 @@ def to_onnx(serving_model: Any, serving_vars: dict | None, example_input: Any):
   for name, value in zip(out_names, outs):
     b.nodes.append(helper.make_node("Identity", [b.tensor(value)], [name]))
   info = lambda n, a: helper.make_tensor_value_info(
-      n, helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)), list(a.shape))
+      n, helper.np_dtype_to_tensor_dtype(np.dtype(a.dtype)),
+      ["batch" if _is_symbolic(d) else int(d) for d in a.shape])
   graph = helper.make_graph(b.nodes, "compressjax_serving", [info("input", x)],
                             [info(n, v.aval) for n, v in zip(out_names, closed.jaxpr.outvars)],
                             b.initializers)

@@ -5,7 +5,12 @@
   model.stablehlo   jax.export serialized module: fn(leaves: list, x) -> y
   weights.npz       the serving variables' flat leaves (QArrays as packed codes, scales, zero
                     points: the integer unpacking runs inside the module)
+  expand.stablehlo  only with sparse weights: stored leaves -> the module's leaves, run once
+                    at load (weights.npz then holds the sparse storage, ``artifacts.sparse``)
   manifest.json     input / output shape and dtype, leaf names, shapes, dtypes and byte sizes
+
+The batch dimension is symbolic (``jax.export.symbolic_shape("b, ...")``): one artifact serves
+any batch size; the manifest's input and output shapes have ``null`` there.
 
 Weights are inputs, not constants baked into the module, so the module stays small, the weights
 stay packed and inspectable, and a new checkpoint of the same architecture needs only a new
@@ -23,42 +28,82 @@ import jax
 import numpy as np
 
 MODULE = "model.stablehlo"
+EXPAND = "expand.stablehlo"
 WEIGHTS = "weights.npz"
 MANIFEST = "manifest.json"
 FORMAT = "compressjax.stablehlo/1"
 
 
 def save_stablehlo(serving_model: Any, serving_vars: dict | None, example_input: Any,
-                   path: str, platforms: tuple[str, ...] | None = None) -> dict:
+                   path: str, platforms: tuple[str, ...] | None = None,
+                   sparse: dict[str, str] | None = None) -> dict:
   """Writes the StableHLO artifact of a serving model to directory ``path``; returns the manifest.
 
-  ``example_input`` (array or ShapeDtypeStruct) fixes the input shape and dtype. ``platforms``
-  are the lowering targets of ``jax.export`` (None: the current backend).
+  ``example_input`` (array or ShapeDtypeStruct) fixes the input's dtype and its shape after the
+  batch axis. ``platforms`` are the lowering targets of ``jax.export`` (None: the current
+  backend). ``sparse``: site name -> "bitmap" or "N:M"; those served weights are stored sparse
+  (:func:`compressjax.artifacts.sparse.pack_sites`) and expanded once by the loader.
   """
   from compressjax.artifacts.serving_fn import serving_function  # pylint: disable=g-import-not-at-top
 
   fn, leaves, names = serving_function(serving_model, serving_vars)
-  x = jax.ShapeDtypeStruct(tuple(example_input.shape), example_input.dtype)
+  rest = ", ".join(str(d) for d in example_input.shape[1:])
+  x = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {rest}" if rest else "b"),
+                           example_input.dtype)
   specs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves]
   exported = jax.export.export(jax.jit(fn), platforms=platforms)(specs, x)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, MODULE), "wb") as f:
     f.write(exported.serialize())
-  np.savez(os.path.join(path, WEIGHTS), **dict(zip(names, leaves)))
+  stored = dict(zip(names, leaves))
+  manifest = {"format": FORMAT, "platforms": list(exported.platforms)}
+  if sparse:
+    stored, manifest["sparse"] = _save_expand(serving_vars, sparse, leaves, path, platforms)
+  np.savez(os.path.join(path, WEIGHTS), **stored)
   out = exported.out_avals[0]
-  manifest = {
-      "format": FORMAT,
-      "platforms": list(exported.platforms),
-      "input": {"shape": list(x.shape), "dtype": np.dtype(x.dtype).name},
-      "output": {"shape": list(out.shape), "dtype": np.dtype(out.dtype).name},
+  manifest.update({
+      "input": {"shape": _dims(x.shape), "dtype": np.dtype(x.dtype).name},
+      "output": {"shape": _dims(out.shape), "dtype": np.dtype(out.dtype).name},
       "leaves": [{"name": n, "shape": list(v.shape), "dtype": v.dtype.name, "bytes": v.nbytes}
-                 for n, v in zip(names, leaves)],
+                 for n, v in stored.items()],
       "module_bytes": os.path.getsize(os.path.join(path, MODULE)),
       "weights_bytes": os.path.getsize(os.path.join(path, WEIGHTS)),
-  }
+  })
+  if sparse:
+    manifest["expand_bytes"] = os.path.getsize(os.path.join(path, EXPAND))
   with open(os.path.join(path, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
   return manifest
+
+
+def _save_expand(serving_vars, sparse, leaves, path, platforms):
+  """Writes ``expand.stablehlo`` (stored sparse leaves -> dense leaves); returns the stored
+  leaves by name and the sites' formats."""
+  from compressjax.artifacts import sparse as sp  # pylint: disable=g-import-not-at-top
+
+  if serving_vars is None:
+    raise ValueError("sparse storage needs a Linen serving model and its variables (an NNX "
+                     "serving module was given)")
+  packed = sp.pack_sites(serving_vars, sparse)
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(packed)
+  names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in with_paths]
+  stored = [np.asarray(v) for _, v in with_paths]
+
+  def expand(flat):
+    return jax.tree_util.tree_leaves(sp.unpack_tree(jax.tree_util.tree_unflatten(treedef, flat)))
+
+  exported = jax.export.export(jax.jit(expand), platforms=platforms)(
+      [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in stored])
+  if [(a.shape, a.dtype) for a in exported.out_avals] != [(v.shape, v.dtype) for v in leaves]:
+    raise AssertionError("expanded sparse leaves differ from the serving leaves")
+  with open(os.path.join(path, EXPAND), "wb") as f:
+    f.write(exported.serialize())
+  return dict(zip(names, stored)), dict(sparse)
+
+
+def _dims(shape) -> list:
+  """A shape for the manifest: symbolic dimensions become None."""
+  return [d if isinstance(d, int) else None for d in shape]
 
 
 def load_stablehlo(path: str) -> Callable[[Any], jax.Array]:
@@ -67,17 +112,25 @@ def load_stablehlo(path: str) -> Callable[[Any], jax.Array]:
     manifest = json.load(f)
   if manifest.get("format") != FORMAT:
     raise ValueError(f"{path}: not a {FORMAT} artifact (format {manifest.get('format')!r})")
-  with open(os.path.join(path, MODULE), "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+  exported = _read(os.path.join(path, MODULE))
   with np.load(os.path.join(path, WEIGHTS)) as z:
     leaves = [jax.device_put(z[leaf["name"]]) for leaf in manifest["leaves"]]
-  want = tuple(manifest["input"]["shape"]), np.dtype(manifest["input"]["dtype"])
+  if "sparse" in manifest:
+    leaves = _read(os.path.join(path, EXPAND)).call(leaves)
+  want = manifest["input"]["shape"], np.dtype(manifest["input"]["dtype"])
 
   def call(x):
     x = jax.numpy.asarray(x)
-    if (x.shape, x.dtype) != want:
+    if len(x.shape) != len(want[0]) or any(
+        w is not None and d != w for d, w in zip(x.shape, want[0])) or x.dtype != want[1]:
+      shape = tuple("batch" if w is None else w for w in want[0])
       raise ValueError(f"input of shape {x.shape} and dtype {x.dtype}; the artifact was "
-                       f"exported for shape {want[0]} and dtype {want[1]}")
+                       f"exported for shape {shape} and dtype {want[1]}")
     return exported.call(leaves, x)
 
   return call
+
+
+def _read(path: str):
+  with open(path, "rb") as f:
+    return jax.export.deserialize(bytearray(f.read()))

@@ -1,4 +1,5 @@
-"""ONNX artifact: integer sites as MatMulInteger / ConvInteger, agreeing with JAX serving."""
+"""ONNX artifact: integer sites as MatMulInteger / ConvInteger, agreeing with JAX serving at any
+batch size."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,6 +35,11 @@ def _check(served, tmp_path, name, int_ops):
   print(f"{name}: onnx {size} B (float export {float_size} B), argmax agreement {agree:.3f}, "
         f"max logit diff {diff:.2e}")
   assert agree >= 0.997 and diff <= 1e-3 * (1 + np.max(np.abs(expected)))
+  graph = onnx.load(str(path)).graph
+  assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+  for rows in (1, 5):  # the batch dimension is dynamic
+    np.testing.assert_allclose(_run(path, served["x"][:rows]), expected[:rows],
+                               atol=1e-3 * (1 + np.max(np.abs(expected))))
   return size, float_size
 
 
@@ -54,13 +60,17 @@ def test_custom_einsum_layer_runs_in_onnxruntime(w8a8_einsum, tmp_path):
 
 
 def test_write_artifacts_reports_sizes_and_agreement(w8a8_cnn, tmp_path):
+  sparse = {"hidden/kernel": "bitmap"}
   report = write_artifacts(w8a8_cnn["serving_model"], w8a8_cnn["serving_vars"], w8a8_cnn["x"],
-                           str(tmp_path))
+                           str(tmp_path), sparse=sparse)
   print(report)
   assert (tmp_path / "model.onnx").stat().st_size == report["onnx_bytes"]
   assert (tmp_path / "stablehlo" / "weights.npz").stat().st_size == report[
       "stablehlo_weights_bytes"]
-  assert report["onnx_argmax_agreement"] >= 0.997 and report["onnx_max_abs_diff"] < 1e-3
+  assert (tmp_path / "stablehlo" / "expand.stablehlo").stat().st_size == report[
+      "stablehlo_expand_bytes"] and report["sparse"] == sparse
+  for name in ("onnx", "stablehlo"):
+    assert report[f"{name}_argmax_agreement"] >= 0.997 and report[f"{name}_max_abs_diff"] < 1e-3
 
 
 class _Cumsum(nn.Module):
