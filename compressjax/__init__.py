@@ -6,7 +6,7 @@ quantizers under ``quant``). Every other subpackage is an attribute imported on 
 ``cj.cost``, ``cj.kernels``, ``cj.models``, ``cj.train`` (orbax), ``cj.data``
 (tensorflow-datasets). Layers, lowest first (``tests/test_layering.py`` checks them): qarray and
 kernels, core, methods (quant, prune, distill, mixed, cost), export, train, applications
-(data, models, config, cli, pipeline).
+(data, models, config; then runs, config-driven training; then cli, pipeline).
 """
 
 import importlib
@@ -20,7 +20,7 @@ from compressjax.qarray import QArray
 __version__ = "0.1.0"
 
 _LAZY = ("artifacts", "config", "cost", "data", "distill", "kernels", "mixed", "models",
-         "pipeline", "prune", "train")
+         "pipeline", "prune", "runs", "train")
 
 __all__ = [
     "QArray",

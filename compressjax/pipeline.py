@@ -55,8 +55,9 @@ from compressjax.core.tree_paths import get_path
 from compressjax.export import export, serving_paths, size_report
 from compressjax.qarray import QArray
 from compressjax.quant.recipes import recipe_rules
-from compressjax.train import (Setup, fit, make_eval_step, make_optimizer, make_train_step,
-                               restore_variables, setup, total_steps, train_classifier)
+from compressjax.runs import Setup, setup, train_classifier
+from compressjax.train import (fit, make_eval_step, make_optimizer, make_train_step,
+                               restore_variables, total_steps)
 from compressjax.train.distill_step import make_distill_step
 from compressjax.train.quantized import from_float, init_examples
 from compressjax.train.state import state_from_variables

@@ -30,8 +30,9 @@ import optax
 from compressjax.config import OptimConfig, get_config
 from compressjax.data import batches, steps_per_epoch
 from compressjax.mixed import adabits as ab
+from compressjax.runs import setup
 from compressjax.train import (TrainState, evaluate, make_eval_step, make_optimizer,
-                               make_train_step, setup)
+                               make_train_step)
 from compressjax.train.adabits_step import make_joint_step
 from experiments import _report
 

@@ -2,7 +2,7 @@
 
 Each seed trains its own float CNN (own stratified split and init), then fine-tunes one copy per
 (method, bits) at W2A2, W3A3, W4A4 through the project's QAT-from-float entry point
-(:func:`compressjax.train.qat.quantize_classifier`), with ``edge_bits=None``: the first conv
+(:func:`compressjax.runs.quantize_classifier`), with ``edge_bits=None``: the first conv
 reads quantized images and the classifier quantized features. Reported: the test accuracy
 right after init-from-float (fake-quant, before any QAT step: clip levels and steps come from
 the init batch's statistics) and of the exported, served model after QAT.
@@ -25,10 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from compressjax.config import Config, get_config
-from compressjax.train import train_classifier
-from compressjax.train.classifier import setup
+from compressjax.runs import quantize_classifier, setup, train_classifier
 from compressjax.train.evaluate import evaluate
-from compressjax.train.qat import quantize_classifier
 from compressjax.train.steps import make_eval_step
 from experiments import _report
 

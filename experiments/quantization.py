@@ -7,6 +7,8 @@ quantized copy per (method, bits) and reports the accuracy of the exported, serv
   python -m experiments.quantization --quick         # 1 seed, 2 bit-widths, 1 epoch (CI-sized)
   python -m experiments.quantization --seeds 1 --partial   # one seed's records only, then
   python -m experiments.quantization --merge         # the table from all partial records
+  python -m experiments.quantization --every-layer   # W2A2 and binary weights on every layer,
+                                                     # 5 seeds: quantization_every_layer.*
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from compressjax.config import get_config
+from compressjax.data import load_dataset
 from compressjax.quant.recipes import METHODS as ALL_METHODS
-from compressjax.train import train_classifier
-from compressjax.train.qat import quantize_classifier
+from compressjax.runs import quantize_classifier, train_classifier
 from experiments import _report
+from experiments.collapse import every_layer
 
 METHODS = tuple(m for m in ALL_METHODS if m != "uniform")
+# Every layer quantized (first conv and classifier too): W2A2 for the methods that train there
+# (collapse.md: `sat`'s modified grid stays at chance), and binary weights (W1A2) for DoReFa,
+# the one recipe defining 1-bit weights (sign(w) * E|w|).
+EVERY_LAYER = (("dorefa_pact", 1, 2), ("dorefa_pact", 2, 2), ("lsq", 2, 2), ("sat_centered", 2, 2))
 
 NOTES = """
 Notes (measured, see the JSON for every run):
@@ -44,11 +51,15 @@ Notes (measured, see the JSON for every run):
 """
 
 
-def train_seed(seed, bits_list, float_epochs, qat_epochs, save=None, methods=METHODS):
-  """All records of one seed: its float model and one QAT run per (method, bits).
+def train_seed(seed, bits_list, float_epochs, qat_epochs, save=None, methods=METHODS,
+               settings=None, all_layers=False):
+  """All records of one seed: its float model and one QAT run per (method, w_bits, a_bits)
+  of ``settings`` (default: each method at W{b}A{b} for ``bits_list``); ``all_layers``
+  quantizes the first and last layer too (else they stay at 8 bits).
 
   ``save(records)`` is called after every run, so an interrupted seed keeps what it finished.
   """
+  settings = settings or [(m, b, b) for m in methods for b in bits_list]
   records = []
   save = save or (lambda _: None)
   with tempfile.TemporaryDirectory() as tmp:
@@ -59,18 +70,19 @@ def train_seed(seed, bits_list, float_epochs, qat_epochs, save=None, methods=MET
     records.append({"seed": seed, "method": "float", "bits": 32, "accuracy": base["test_accuracy"]})
     save(records)
     qat = common + [f"train.epochs={qat_epochs}", "optim.lr=0.02", f"quant.init_from={float_dir}"]
-    for method in methods:
-      for bits in bits_list:
-        recipe = [f"quant.method={method}", f"quant.w_bits={bits}", f"quant.a_bits={bits}"]
-        out = quantize_classifier(get_config("digits_cnn", qat + recipe),
-                                  os.path.join(tmp, f"{method}{bits}"))
-        print(f"seed {seed} {method} W{bits}A{bits}: served {100 * out['served_accuracy']:.2f}%",
-              flush=True)
-        records.append({"seed": seed, "method": method, "bits": bits,
-                        "accuracy": out["served_accuracy"],
-                        "fake_quant_accuracy": out["fake_quant_accuracy"],
-                        "bytes": out["quantized_bytes"], "float_bytes": out["float_bytes"]})
-        save(records)
+    for method, w_bits, a_bits in settings:
+      recipe = [f"quant.method={method}", f"quant.w_bits={w_bits}", f"quant.a_bits={a_bits}"]
+      cfg = get_config("digits_cnn", qat + recipe)
+      out = quantize_classifier(every_layer(cfg) if all_layers else cfg,
+                                os.path.join(tmp, f"{method}{w_bits}{a_bits}"))
+      print(f"seed {seed} {method} W{w_bits}A{a_bits}: served "
+            f"{100 * out['served_accuracy']:.2f}%", flush=True)
+      records.append({"seed": seed, "method": method, "bits": w_bits, "w_bits": w_bits,
+                      "a_bits": a_bits, "accuracy": out["served_accuracy"],
+                      "fake_quant_accuracy": out["fake_quant_accuracy"],
+                      "bytes": out["quantized_bytes"], "float_bytes": out["float_bytes"],
+                      "test_images": len(load_dataset("digits", split_seed=seed).test.y)})
+      save(records)
   return records
 
 
@@ -100,6 +112,47 @@ def report(records, bits_list, float_epochs, qat_epochs, out_dir, name):
   return paths
 
 
+def report_every_layer(records, float_epochs, qat_epochs, out_dir, name="quantization_every_layer"):
+  """JSON, Markdown and PNG of the every-layer runs: served accuracy mean ± sd per setting, and
+  whether each lies within one sd (the best setting's) of the best mean."""
+  seeds = sorted({r["seed"] for r in records})
+  acc = lambda s: [r["accuracy"] for r in records
+                   if (r["method"], r.get("w_bits"), r.get("a_bits")) == s]
+  done = [s for s in EVERY_LAYER if acc(s)]
+  stats = {s: _report.mean_sd(acc(s)) for s in done}
+  best = max(done, key=lambda s: stats[s][0])
+  floats = [r["accuracy"] for r in records if r["method"] == "float"]
+  within = lambda s: ("best" if s == best else
+                      "yes" if stats[best][0] - stats[s][0] <= stats[best][1] else "no")
+  rows = [["float (32)", "-", _report.fmt_pct(floats), ""]]
+  rows += [[m, f"W{w}A{a}", _report.fmt_pct(acc((m, w, a))), within((m, w, a))]
+           for m, w, a in done]
+  n_test = next((r["test_images"] for r in records if r.get("test_images")), None)
+  size = (f"{n_test} test images: one image = {100 / n_test:.2f} points" if n_test
+          else "test split size not recorded")
+  md = (f"# QAT on digits, every layer quantized (first conv and classifier too), "
+        f"{len(seeds)} seeds\n\nMean ± sd over seeds of the served (exported) model's test "
+        f"accuracy (%); each seed its own stratified split ({size}) and float model; float "
+        f"{float_epochs} epochs, QAT {qat_epochs} epochs (SGD lr 0.02). W1: binary weights "
+        "(DoReFa's sign(w) E|w|). Last column: whether the mean lies within one sd (the best "
+        "setting's) of the best mean.\n\n"
+        + _report.markdown_table(["method", "bits", "test accuracy (%)",
+                                  "within 1 sd of the best"], rows))
+  paths = _report.write(name, {"records": records, "seeds": seeds, "settings": done,
+                               "float_epochs": float_epochs, "qat_epochs": qat_epochs,
+                               "edge_bits": None}, md, out_dir)
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.bar(range(len(done)), [100 * stats[s][0] for s in done],
+         yerr=[100 * stats[s][1] for s in done], capsize=4)
+  ax.axhline(100 * _report.mean_sd(floats)[0], color="k", ls="--", label="float")
+  ax.set_xticks(range(len(done)), [f"{m}\nW{w}A{a}" for m, w, a in done], fontsize=7)
+  ax.set_ylabel("served test accuracy (%)")
+  ax.set_title("every layer quantized")
+  ax.legend(fontsize=8)
+  _report.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
+  return paths, md
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
@@ -107,8 +160,19 @@ def main():
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--partial", action="store_true", help="write this run's records only")
   parser.add_argument("--merge", action="store_true", help="report all partial records")
+  parser.add_argument("--every-layer", action="store_true",
+                      help="EVERY_LAYER settings with no layer kept at 8 bits (give --seeds 0 1 2 3 4)")
   parser.add_argument("--out", default=_report.RESULTS_DIR)
   args = parser.parse_args()
+  if args.every_layer:
+    records = []
+    for seed in args.seeds:
+      done = list(records)
+      records = done + train_seed(
+          seed, (), 15, 3, lambda recs, done=done: report_every_layer(done + recs, 15, 3, args.out),
+          settings=EVERY_LAYER, all_layers=True)
+    print(report_every_layer(records, 15, 3, args.out)[1])
+    return
   if args.quick:
     report(train_seed(0, (8, 2), 2, 1), (8, 2), 2, 1, args.out, "quantization_quick")
     return

@@ -4,11 +4,9 @@ An ``Augment`` is ``f(rng, images) -> images`` with an explicit numpy Generator,
 iterator can seed it from (seed, epoch, batch) and a resumed run sees the same pixels.
 """
 
-from collections.abc import Callable
-
 import numpy as np
 
-Augment = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+from compressjax.train.batching import Augment
 
 
 def flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:

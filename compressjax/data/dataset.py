@@ -11,7 +11,8 @@ import numpy as np
 from compressjax.data.augment import Augment, get_augment
 from compressjax.data.catalog import get_spec, prepared_builder, resolve_data_dir
 from compressjax.data.preprocess import channel_stats, normalize, stack_images
-from compressjax.data.splits import ArraySplit, SourceSplit, Split, read_records
+from compressjax.data.splits import SourceSplit, read_records
+from compressjax.train.batching import ArraySplit, Split
 
 TEST_FRACTION = 0.2
 STATS_SAMPLE = 4096  # examples used for mean/std of a lazily read train split

@@ -16,7 +16,7 @@ import skimage.feature
 from skimage.color import rgb2gray
 from skimage.transform import resize
 
-from compressjax.data.batching import epoch_order
+from compressjax.train.batching import epoch_order
 
 TASKS = ("gray2rgb", "edges2rgb")
 # RGB images that skimage ships inside its wheel (no download). "cat" is "chelsea" again.

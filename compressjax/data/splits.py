@@ -1,47 +1,15 @@
-"""Splits: indexable (image, label) collections that batches are drawn from.
-
-``ArraySplit`` holds normalised float32 NHWC images and int32 labels in memory. ``SourceSplit``
-reads examples lazily by index from a tfds data source (array_record), so datasets larger than
-memory (ImageNet) are iterated the same way as small ones.
+"""Lazy splits: ``SourceSplit`` reads examples by index from a tfds data source (array_record),
+so datasets larger than memory (ImageNet) are iterated the same way as the in-memory
+``ArraySplit`` of :mod:`compressjax.train.batching`.
 """
 
-import abc
 import dataclasses
 from typing import Any
 
 import numpy as np
 
 from compressjax.data.preprocess import normalize, stack_images
-
-
-class Split(abc.ABC):
-  """A sized collection of examples; ``take(indices)`` returns (images, labels) as numpy."""
-
-  @abc.abstractmethod
-  def __len__(self) -> int:
-    ...
-
-  @abc.abstractmethod
-  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns float32 NHWC normalised images and int32 labels at ``indices``."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArraySplit(Split):
-  """An in-memory split: ``x`` float32 NHWC (normalised), ``y`` int32 labels."""
-
-  x: np.ndarray
-  y: np.ndarray
-
-  def __post_init__(self):
-    if len(self.x) != len(self.y):
-      raise ValueError(f"ArraySplit: x has {len(self.x)} examples but y has {len(self.y)}")
-
-  def __len__(self) -> int:
-    return len(self.y)
-
-  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return self.x[indices], self.y[indices]
+from compressjax.train.batching import Split
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from compressjax.data import Split, batches
+from compressjax.train.batching import Split, batches
 from compressjax.train.global_batches import process_rows, to_global
 from compressjax.train.state import TrainState
 from compressjax.train.steps import EvalStep

@@ -1,6 +1,6 @@
 """Global batches on a mesh: each process reads only its rows, JAX assembles the global array.
 
-A global batch of ``batch_size`` rows is the one ``compressjax.data.batches`` defines (same
+A global batch of ``batch_size`` rows is the one :func:`compressjax.train.batching.batches` defines (same
 order, seeded by (seed, epoch)); process ``i`` of ``n`` reads rows ``[i*b/n, (i+1)*b/n)`` of it
 and ``jax.make_array_from_process_local_data`` joins the pieces into one array sharded over
 the mesh. With one process this is the whole batch: the same numbers as without a mesh.
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from compressjax.data import Augment, Batch, Split, batches
+from compressjax.train.batching import Augment, Batch, Split, batches
 from compressjax.train.sharding import batch_sharding
 
 

@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from compressjax.config import TrainConfig
-from compressjax.data import Augment, Split, steps_per_epoch
-from compressjax.data.prefetch import prefetch
+from compressjax.train.batching import Augment, Split, steps_per_epoch
 from compressjax.train.checkpoint import Checkpoints
 from compressjax.train.evaluate import evaluate
 from compressjax.train.global_batches import to_global, train_batches
 from compressjax.train.mesh import make_mesh
 from compressjax.train.metrics_log import MetricsLog
+from compressjax.train.prefetch import prefetch
+from compressjax.train.settings import TrainConfig
 from compressjax.train.sharding import (batch_sharding, check_batch_size, replicated,
                                         state_shardings)
 from compressjax.train.state import TrainState

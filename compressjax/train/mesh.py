@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from compressjax.config import MeshConfig, TrainConfig
+from compressjax.train.settings import MeshConfig, TrainConfig
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"

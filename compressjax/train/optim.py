@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import optax
 
-from compressjax.config import OptimConfig
 from compressjax.core.compress import param_labels
+from compressjax.train.settings import OptimConfig
 
 
 def make_schedule(cfg: OptimConfig, *, total_steps: int, steps_per_epoch: int) -> optax.Schedule:

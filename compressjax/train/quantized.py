@@ -1,10 +1,10 @@
-"""QAT from float, the one way: the model and initial state of a config's ``quant`` section.
+"""QAT from float, the one way: a recipe's compressed model and its initial state.
 
 The rules of a named recipe (:mod:`compressjax.quant.recipes`) with ``edge_bits`` at the first
 and last site; quantizer state initialised (eval mode) on the first :data:`INIT_EXAMPLES`
-training images, from the float weights of ``quant.init_from`` (a float run's workdir) or from
-the fresh initialisation. :func:`~compressjax.train.classifier.setup` builds QAT runs with it,
-:mod:`compressjax.train.qat` and :mod:`compressjax.pipeline` start from float with it.
+training images, from the float weights of a float run's workdir (``init_from``) or from the
+fresh initialisation. :func:`compressjax.runs.setup` builds a config's QAT runs with it,
+:mod:`compressjax.runs.qat` and :mod:`compressjax.pipeline` start from float with it.
 """
 
 import os
@@ -16,10 +16,9 @@ import jax
 import numpy as np
 import optax
 
-from compressjax.config import QuantConfig
 from compressjax.core import compress, discover, init_from
-from compressjax.data import Split
 from compressjax.quant.recipes import recipe_rules
+from compressjax.train.batching import Split
 from compressjax.train.checkpoint import restore_variables
 from compressjax.train.state import TrainState, Variables, create_train_state, state_from_variables
 
@@ -31,13 +30,14 @@ def init_examples(train: Split) -> np.ndarray:
   return train.take(np.arange(min(INIT_EXAMPLES, len(train))))[0]
 
 
-def quantize_model(cfg: QuantConfig, model: nn.Module, example: np.ndarray) -> nn.Module:
-  """``model`` compressed with the rules of ``cfg.method`` (``example``: one input batch)."""
+def quantize_model(model: nn.Module, example: np.ndarray, method: str, *, w_bits: int,
+                   a_bits: int, edge_bits: int | None) -> nn.Module:
+  """``model`` compressed with the rules of recipe ``method`` (``example``: one input batch)."""
   # One zero example: sites do not depend on the batch size, and ``example`` may be abstract
   # (a ShapeDtypeStruct, as ``setup(abstract=True)`` passes).
   one = np.zeros((1, *example.shape[1:]), example.dtype)
-  rules = recipe_rules(cfg.method, discover(model, one, train=False), w_bits=cfg.w_bits,
-                       a_bits=cfg.a_bits, edge_bits=cfg.edge_bits)
+  rules = recipe_rules(method, discover(model, one, train=False), w_bits=w_bits,
+                       a_bits=a_bits, edge_bits=edge_bits)
   return compress(model, rules)
 
 
@@ -52,19 +52,20 @@ def variables_like(model: nn.Module, examples: Any) -> Variables:
   return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), examples)
 
 
-def quantized_init(cfg: QuantConfig, model: nn.Module, qmodel: nn.Module,
-                   optimizer: optax.GradientTransformation, examples: Any, rng: jax.Array, *,
+def quantized_init(model: nn.Module, qmodel: nn.Module, optimizer: optax.GradientTransformation,
+                   examples: Any, rng: jax.Array, *, init_from: str | None,
                    abstract: bool) -> tuple[Callable[..., TrainState], tuple[Any, ...]]:
   """``(init, args)``: ``init(*args)`` is the pure (jittable) start state of ``qmodel``.
 
-  ``examples`` are the images that initialise the quantizers (a ShapeDtypeStruct with
-  ``abstract``: then the float run is not read either, and the args only carry shapes for
-  ``jax.eval_shape``).
+  ``init_from`` is the workdir of a float run of ``model`` (None: ``qmodel``'s fresh
+  initialisation). ``examples`` are the images that initialise the quantizers (a
+  ShapeDtypeStruct with ``abstract``: then the float run is not read either, and the args only
+  carry shapes for ``jax.eval_shape``).
   """
-  if cfg.init_from is None:
+  if init_from is None:
     return (lambda x: create_train_state(qmodel, optimizer, x, rng)), (examples,)
   like = variables_like(model, examples)
-  float_vars = like if abstract else restore_variables(os.path.abspath(cfg.init_from), like)
+  float_vars = like if abstract else restore_variables(os.path.abspath(init_from), like)
   state_rng = jax.random.split(rng, 3)[2]  # the base key create_train_state would keep
 
   def init(float_vars: Any, x: jax.Array) -> TrainState:

@@ -4,6 +4,7 @@
 "quant_stats" of a quantized model), so steps and checkpoints need no per-model code.
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -61,3 +62,8 @@ def state_from_variables(variables: Variables, optimizer: optax.GradientTransfor
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                     opt_state=optimizer.init(params), rng=rng)
+
+
+def param_count(params: Any) -> int:
+  """Number of scalars in ``params`` (a pytree of arrays or shape/dtype structs)."""
+  return int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))

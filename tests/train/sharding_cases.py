@@ -8,14 +8,12 @@ import numpy as np
 import optax
 
 from compressjax import prune
-from compressjax.config import MeshConfig, TrainConfig
 from compressjax.core import Rule, compress
-from compressjax.data import ArraySplit
 from compressjax.models import CNN
 from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.lsq import LSQ
 from compressjax.quant.uniform import Uniform
-from compressjax.train import create_train_state
+from compressjax.train import ArraySplit, MeshConfig, TrainConfig, create_train_state
 from compressjax.train.mesh import make_mesh
 from compressjax.train.sharding import state_shardings
 

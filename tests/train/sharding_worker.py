@@ -26,8 +26,8 @@ import jax
 import numpy as np
 import optax
 
-from compressjax.config import MeshConfig
-from compressjax.train import fit, load_checkpoint, make_eval_step, make_train_step, read_metrics
+from compressjax.train import (MeshConfig, fit, load_checkpoint, make_eval_step, make_train_step,
+                               read_metrics)
 from compressjax.train.mesh import initialize_distributed, make_mesh
 from compressjax.train.sharding import state_shardings, tree_shardings, with_shardings
 from sharding_cases import (CFG, FSDP_MIN_SIZE, MESHES, TEST, TRAIN, calibrated_model, init_state,

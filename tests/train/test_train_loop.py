@@ -7,10 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from compressjax.config import TrainConfig
-from compressjax.data import ArraySplit, steps_per_epoch
-from compressjax.train import (create_train_state, fit, make_eval_step, make_train_step,
-                               read_metrics)
+from compressjax.train import (ArraySplit, TrainConfig, create_train_state, fit, make_eval_step,
+                               make_train_step, read_metrics, steps_per_epoch)
 
 
 class TinyNet(nn.Module):

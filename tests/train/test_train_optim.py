@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compressjax.config import OptimConfig
-from compressjax.train import decay_mask, make_optimizer, make_schedule
+from compressjax.train import OptimConfig, decay_mask, make_optimizer, make_schedule
 
 
 def test_cosine_schedule_with_warmup():

@@ -7,10 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from compressjax.data import ArraySplit
 from compressjax.models import CNN, MLP
-from compressjax.train import (apply_model, create_train_state, cross_entropy, evaluate,
-                               make_eval_step, make_train_step, step_rng)
+from compressjax.train import (ArraySplit, apply_model, create_train_state, cross_entropy,
+                               evaluate, make_eval_step, make_train_step, step_rng)
 
 RNG = np.random.default_rng(0)
 BATCH = {"image": RNG.normal(size=(8, 8, 8, 1)).astype(np.float32),

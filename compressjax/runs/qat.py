@@ -1,7 +1,7 @@
 """Quantize a trained zoo classifier: QAT (fine-tune from the float run) or PTQ (calibrate only).
 
 The config's ``quant`` section names the recipe and the float run (``quant.init_from``);
-:func:`~compressjax.train.classifier.setup` builds the quantized model and its state from the
+:func:`~compressjax.runs.classifier.setup` builds the quantized model and its state from the
 float weights (:mod:`compressjax.train.quantized`). Both modes finish by exporting to packed
 integers and evaluating the **served** model, so the reported accuracy is that of what would
 be deployed.
@@ -17,16 +17,13 @@ import jax
 
 from compressjax.config import Config
 from compressjax.core import calibrate
-from compressjax.data import batches, get_augment
+from compressjax.data import get_augment
 from compressjax.export import export, size_report
 from compressjax.models import get_model
-from compressjax.train.checkpoint import restore_variables
-from compressjax.train.classifier import setup
-from compressjax.train.evaluate import evaluate
-from compressjax.train.loop import fit
+from compressjax.runs.classifier import setup
+from compressjax.train import (batches, evaluate, fit, make_eval_step, make_train_step,
+                               restore_variables, state_from_variables)
 from compressjax.train.quantized import init_examples, variables_like
-from compressjax.train.state import state_from_variables
-from compressjax.train.steps import make_eval_step, make_train_step
 
 
 def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,

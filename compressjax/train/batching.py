@@ -1,18 +1,51 @@
-"""Deterministic, resumable batch iteration over a Split.
+"""What ``fit`` trains on: splits (indexable (image, label) collections) and their deterministic,
+resumable batches.
 
 The order of epoch ``e`` is a permutation seeded by (seed, e) alone, and augmentation of batch
 ``b`` is seeded by (seed, e, b), so a run restarted at (epoch, batch) sees exactly the batches
-an uninterrupted run would have seen.
+an uninterrupted run would have seen. ``ArraySplit`` wraps arrays already in memory; the data
+application (:mod:`compressjax.data`) adds lazy splits over tfds sources and the augmentations.
 """
 
-from collections.abc import Iterator
+import abc
+import dataclasses
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from compressjax.data.augment import Augment
-from compressjax.data.splits import Split
-
 Batch = dict[str, np.ndarray]
+# ``f(rng, images) -> images`` with an explicit numpy Generator, seeded per batch.
+Augment = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+
+
+class Split(abc.ABC):
+  """A sized collection of examples; ``take(indices)`` returns (images, labels) as numpy."""
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns float32 NHWC normalised images and int32 labels at ``indices``."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySplit(Split):
+  """An in-memory split: ``x`` float32 NHWC (normalised), ``y`` int32 labels."""
+
+  x: np.ndarray
+  y: np.ndarray
+
+  def __post_init__(self):
+    if len(self.x) != len(self.y):
+      raise ValueError(f"ArraySplit: x has {len(self.x)} examples but y has {len(self.y)}")
+
+  def __len__(self) -> int:
+    return len(self.y)
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.x[indices], self.y[indices]
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:

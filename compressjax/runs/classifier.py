@@ -16,19 +16,15 @@ import numpy as np
 import optax
 
 from compressjax.config import Config, MeshConfig, config_from_dict, load_config, save_config
-from compressjax.data import Dataset, get_augment, load_dataset, steps_per_epoch
+from compressjax.data import Dataset, get_augment, load_dataset
 from compressjax.models import get_model
-from compressjax.train.checkpoint import load_checkpoint
-from compressjax.train.evaluate import evaluate
-from compressjax.train.loop import fit, total_steps
-from compressjax.train.mesh import initialize_distributed, make_mesh
-from compressjax.train.optim import make_optimizer
+from compressjax.train import (TrainState, check_batch_size, create_train_state, evaluate, fit,
+                               initialize_distributed, load_checkpoint, make_eval_step, make_mesh,
+                               make_optimizer, make_train_step, param_count, state_shardings,
+                               steps_per_epoch, total_steps, with_shardings)
 from compressjax.train.quantized import (INIT_EXAMPLES, init_examples, quantize_model,
                                          quantized_init)
-from compressjax.train.sharding import (check_batch_size, replicated, state_shardings,
-                                        with_shardings)
-from compressjax.train.state import TrainState, create_train_state
-from compressjax.train.steps import make_eval_step, make_train_step
+from compressjax.train.sharding import replicated
 
 CONFIG_FILE = "config.json"
 # How a run executes, not what it computes: a resume may change them (e.g. another mesh).
@@ -67,12 +63,14 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
     example = np.zeros((1, *dataset.input_shape), np.float32)
     init, args = (lambda: create_train_state(model, optimizer, example, rng)), ()
   else:
-    count = min(INIT_EXAMPLES, len(dataset.train))
+    q, count = cfg.quant, min(INIT_EXAMPLES, len(dataset.train))
     examples = (jax.ShapeDtypeStruct((count, *dataset.input_shape), np.float32) if abstract
                 else init_examples(dataset.train))
-    float_model, model = model, quantize_model(cfg.quant, model, examples)
-    init, args = quantized_init(cfg.quant, float_model, model, optimizer, examples, rng,
-                                abstract=abstract)
+    float_model = model
+    model = quantize_model(model, examples, q.method, w_bits=q.w_bits, a_bits=q.a_bits,
+                           edge_bits=q.edge_bits)
+    init, args = quantized_init(float_model, model, optimizer, examples, rng,
+                                init_from=q.init_from, abstract=abstract)
   mesh = make_mesh(cfg.train.mesh)
   shape = jax.eval_shape(init, *args)
   shardings = state_shardings(shape, mesh, cfg.train.mesh.fsdp_min_size)
@@ -82,10 +80,6 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
     args = jax.device_put(args, replicated(mesh))  # e.g. float weights restored elsewhere
     state = jax.jit(init, out_shardings=shardings)(*args)
   return Setup(cfg, dataset, model, optimizer, state)
-
-
-def param_count(params: Any) -> int:
-  return int(sum(np.size(p) for p in jax.tree.leaves(params)))
 
 
 def train_classifier(cfg: Config, workdir: str, *,

@@ -1,10 +1,10 @@
-"""train.qat: PTQ and QAT of a float run through the config's quant section, served accuracy."""
+"""runs.qat: PTQ and QAT of a float run through the config's quant section, served accuracy."""
 
 import pytest
 
 from compressjax.config import get_config
-from compressjax.train import Checkpoints, setup
-from compressjax.train.qat import quantize_classifier
+from compressjax.runs import quantize_classifier, setup
+from compressjax.train import Checkpoints
 
 
 @pytest.fixture(scope="module")

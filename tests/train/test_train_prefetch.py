@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from compressjax.data.prefetch import prefetch
+from compressjax.train import prefetch
 
 
 def _prefetch_threads():
