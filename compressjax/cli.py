@@ -67,8 +67,8 @@ def export_workdir(workdir: str, out_dir: str | None = None, *, step: int | None
   from compressjax.core.compress import SITE_PARAMS, STATS, is_compressed  # pylint: disable=g-import-not-at-top
   from compressjax.export import export, size_report  # pylint: disable=g-import-not-at-top
   from compressjax.runs import setup  # pylint: disable=g-import-not-at-top
-  from compressjax.train.checkpoint import Checkpoints  # pylint: disable=g-import-not-at-top
   from compressjax.runs.classifier import CONFIG_FILE  # pylint: disable=g-import-not-at-top
+  from compressjax.train.checkpoint import Checkpoints  # pylint: disable=g-import-not-at-top
 
   check_formats(formats)
   if inputs < 1:
@@ -118,7 +118,8 @@ def _export(args: argparse.Namespace) -> None:
                                                  else ")"))
   files = [("stablehlo/model.stablehlo", "stablehlo_module_bytes"),
            ("stablehlo/expand.stablehlo", "stablehlo_expand_bytes"),
-           ("stablehlo/weights.npz", "stablehlo_weights_bytes"), ("model.onnx", "onnx_bytes")]
+           ("stablehlo/weights.safetensors", "stablehlo_weights_bytes"),
+           ("model.onnx", "onnx_bytes")]
   for name, key in files:
     if key in r:
       print(f"  {name:<27} {r[key]:>12,} B  ({r[key] / r['float_bytes']:.2f}x the float "
@@ -126,7 +127,8 @@ def _export(args: argparse.Namespace) -> None:
   for name, label in (("stablehlo", "StableHLO"), ("onnx", "ONNX (onnxruntime)")):
     if f"{name}_max_abs_diff" in r:
       print(f"  served vs {label} on {r['inputs']} test images: argmax agreement "
-            f"{r[f'{name}_argmax_agreement']:.2%}, max |logit diff| {r[f'{name}_max_abs_diff']:.2e}")
+            f"{r[f'{name}_argmax_agreement']:.2%}, "
+            f"max |logit diff| {r[f'{name}_max_abs_diff']:.2e}")
   print(f"  report: {r['report']}")
 
 

@@ -40,7 +40,7 @@ def test_export_writes_both_artifacts_with_sizes_and_agreement(qat_run, tmp_path
   report = json.loads((out / "export.json").read_text())
   assert report["step"] == 3 and report["quant"]["method"] == "lsq" and report["inputs"] == 8
   for name, key in (("stablehlo/model.stablehlo", "stablehlo_module_bytes"),
-                    ("stablehlo/weights.npz", "stablehlo_weights_bytes"),
+                    ("stablehlo/weights.safetensors", "stablehlo_weights_bytes"),
                     ("stablehlo/expand.stablehlo", "stablehlo_expand_bytes"),
                     ("model.onnx", "onnx_bytes")):
     assert (out / name).stat().st_size == report[key]

@@ -87,8 +87,8 @@ def nbytes(w: SparseWeight) -> int:
   return values + index + _byte_size(w.scale) + _byte_size(w.zero_point)
 
 
-def pack(weight: QArray | Any, format: str = "bitmap", *, n: int | None = None,  # pylint: disable=redefined-builtin
-         m: int | None = None, name: str = "weight") -> SparseWeight:
+def pack(weight: QArray | Any, format: str = "bitmap", *,  # pylint: disable=redefined-builtin
+         n: int | None = None, m: int | None = None, name: str = "weight") -> SparseWeight:
   """``weight`` (a QArray or a float array) in sparse storage; ``name`` labels errors.
 
   ``format="nm"`` needs ``1 <= n <= m``, ``m`` dividing K, and at most ``n`` nonzeros in every

@@ -3,10 +3,12 @@
 ``save_stablehlo`` writes a directory::
 
   model.stablehlo   jax.export serialized module: fn(leaves: list, x) -> y
-  weights.npz       the serving variables' flat leaves (QArrays as packed codes, scales, zero
-                    points: the integer unpacking runs inside the module)
+  weights.safetensors  the serving variables' flat leaves (QArrays as packed codes, scales,
+                    zero points: the integer unpacking runs inside the module), in the
+                    safetensors layout (a JSON header, then the raw arrays): readable by any
+                    safetensors reader, and no per-array overhead beyond its header entry
   expand.stablehlo  only with sparse weights: stored leaves -> the module's leaves, run once
-                    at load (weights.npz then holds the sparse storage, ``artifacts.sparse``)
+                    at load (the weights then hold the sparse storage, ``artifacts.sparse``)
   manifest.json     input / output shape and dtype, leaf names, shapes, dtypes and byte sizes
 
 The batch dimension is symbolic (``jax.export.symbolic_shape("b, ...")``): one artifact serves
@@ -14,7 +16,7 @@ any batch size; the manifest's input and output shapes have ``null`` there.
 
 Weights are inputs, not constants baked into the module, so the module stays small, the weights
 stay packed and inspectable, and a new checkpoint of the same architecture needs only a new
-``weights.npz``. ``load_stablehlo`` needs only JAX and NumPy (this file imports nothing from
+weights file. ``load_stablehlo`` needs only JAX and NumPy (this file imports nothing from
 compressjax, so a server can load it by file path without installing the library).
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 
 MODULE = "model.stablehlo"
 EXPAND = "expand.stablehlo"
-WEIGHTS = "weights.npz"
+WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 FORMAT = "compressjax.stablehlo/1"
 
@@ -59,7 +61,7 @@ def save_stablehlo(serving_model: Any, serving_vars: dict | None, example_input:
   manifest = {"format": FORMAT, "platforms": list(exported.platforms)}
   if sparse:
     stored, manifest["sparse"] = _save_expand(serving_vars, sparse, leaves, path, platforms)
-  np.savez(os.path.join(path, WEIGHTS), **stored)
+  write_safetensors(os.path.join(path, WEIGHTS), stored)
   out = exported.out_avals[0]
   manifest.update({
       "input": {"shape": _dims(x.shape), "dtype": np.dtype(x.dtype).name},
@@ -113,8 +115,8 @@ def load_stablehlo(path: str) -> Callable[[Any], jax.Array]:
   if manifest.get("format") != FORMAT:
     raise ValueError(f"{path}: not a {FORMAT} artifact (format {manifest.get('format')!r})")
   exported = _read(os.path.join(path, MODULE))
-  with np.load(os.path.join(path, WEIGHTS)) as z:
-    leaves = [jax.device_put(z[leaf["name"]]) for leaf in manifest["leaves"]]
+  arrays = read_safetensors(os.path.join(path, WEIGHTS))
+  leaves = [jax.device_put(arrays[leaf["name"]]) for leaf in manifest["leaves"]]
   if "sparse" in manifest:
     leaves = _read(os.path.join(path, EXPAND)).call(leaves)
   want = manifest["input"]["shape"], np.dtype(manifest["input"]["dtype"])
@@ -134,3 +136,39 @@ def load_stablehlo(path: str) -> Callable[[Any], jax.Array]:
 def _read(path: str):
   with open(path, "rb") as f:
     return jax.export.deserialize(bytearray(f.read()))
+
+
+_DTYPES = {np.dtype(t): name for t, name in (
+    (np.bool_, "BOOL"), (np.uint8, "U8"), (np.int8, "I8"), (np.uint16, "U16"), (np.int16, "I16"),
+    (np.uint32, "U32"), (np.int32, "I32"), (np.uint64, "U64"), (np.int64, "I64"),
+    (np.float16, "F16"), (jax.numpy.bfloat16, "BF16"), (np.float32, "F32"), (np.float64, "F64"))}
+
+
+def write_safetensors(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """``arrays`` in the safetensors layout: u64 header size, JSON header, raw little-endian data."""
+  header, offset = {}, 0
+  for name, a in arrays.items():
+    header[name] = {"dtype": _DTYPES[np.dtype(a.dtype)], "shape": list(a.shape),
+                    "data_offsets": [offset, offset + a.nbytes]}
+    offset += a.nbytes
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+  with open(path, "wb") as f:
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for a in arrays.values():
+      f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes())
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a safetensors file, by name (NumPy only)."""
+  names = {v: k for k, v in _DTYPES.items()}
+  with open(path, "rb") as f:
+    data = f.read()
+  size = int.from_bytes(data[:8], "little")
+  header = json.loads(data[8:8 + size])
+  header.pop("__metadata__", None)
+  body = memoryview(data)[8 + size:]
+  return {name: np.frombuffer(body[e["data_offsets"][0]:e["data_offsets"][1]],
+                              names[e["dtype"]].newbyteorder("<")).reshape(e["shape"])
+          for name, e in header.items()}

@@ -65,7 +65,7 @@ def test_write_artifacts_reports_sizes_and_agreement(w8a8_cnn, tmp_path):
                            str(tmp_path), sparse=sparse)
   print(report)
   assert (tmp_path / "model.onnx").stat().st_size == report["onnx_bytes"]
-  assert (tmp_path / "stablehlo" / "weights.npz").stat().st_size == report[
+  assert (tmp_path / "stablehlo" / "weights.safetensors").stat().st_size == report[
       "stablehlo_weights_bytes"]
   assert (tmp_path / "stablehlo" / "expand.stablehlo").stat().st_size == report[
       "stablehlo_expand_bytes"] and report["sparse"] == sparse

@@ -43,7 +43,8 @@ def test_bitmap_round_trip_and_size(bits, signed, group_size):
   nonzero = int(np.count_nonzero(codes != (0 if signed else 2)))
   extra = q.scale.nbytes + (0 if q.zero_point is None else q.zero_point.nbytes)
   assert w.stored == nonzero
-  assert w.nbytes == sparse.nbytes(w) == math.ceil(nonzero * bits / 8) + math.ceil(72 * 6 / 8) + extra
+  assert w.nbytes == sparse.nbytes(w) == (math.ceil(nonzero * bits / 8) + math.ceil(72 * 6 / 8)
+                                          + extra)
   assert w.nbytes == sum(leaf.nbytes for leaf in jax.tree.leaves(w))  # the stored arrays
 
 

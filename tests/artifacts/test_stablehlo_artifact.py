@@ -51,7 +51,7 @@ def test_stablehlo_serves_without_compressjax(w8a8_cnn, w8a8_einsum, tmp_path):
     with open(os.path.join(path, stablehlo.MANIFEST)) as f:
       assert json.load(f)["input"] == {"shape": [None, 8, 8, 1], "dtype": "float32"}
     float_bytes = size_report(served["float_vars"], ("params", "batch_stats")).total_bytes
-    print(f"{name}: module {manifest['module_bytes']} B, weights.npz "
+    print(f"{name}: module {manifest['module_bytes']} B, weights.safetensors "
           f"{manifest['weights_bytes']} B (leaves {sum(leaf['bytes'] for leaf in leaves)} B), "
           f"float params {float_bytes} B")
   out = subprocess.run([sys.executable, "-c", _LOADER, stablehlo.__file__, *dirs],
@@ -125,10 +125,26 @@ def test_sparse_weights_shrink_the_artifact_and_serve_the_same(w8a8_cnn, tmp_pat
   saved = sum(tree["served"][s.split("/")[0]][s.split("/")[1]]["weight"].nbytes
               - stored[s.split("/")[0]][s.split("/")[1]]["weight"].nbytes for s in formats)
   leaves = lambda m: sum(leaf["bytes"] for leaf in m["leaves"])
-  print(f"weights.npz dense {dense['weights_bytes']} B, sparse {packed['weights_bytes']} B; "
+  print(f"weights.safetensors dense {dense['weights_bytes']} B, sparse "
+        f"{packed['weights_bytes']} B; "
         f"leaves {leaves(dense)} -> {leaves(packed)} B, expand module {packed['expand_bytes']} B")
   assert leaves(dense) - leaves(packed) == saved > 0
   assert packed["weights_bytes"] < dense["weights_bytes"] and packed["sparse"] == formats
   run = stablehlo.load_stablehlo(str(tmp_path / "sparse"))
   for rows in (1, 5):
     np.testing.assert_allclose(run(x[:rows]), expected[:rows], atol=1e-5)
+
+
+def test_safetensors_round_trip(tmp_path):
+  arrays = {"packed": np.arange(12, dtype=np.uint8).reshape(3, 4),
+            "scale": np.linspace(0, 1, 5, dtype=np.float32), "empty": np.zeros((0,), np.int32),
+            "half": np.ones((2, 2), jax.numpy.bfloat16), "flag": np.array([True, False])}
+  path = str(tmp_path / "w.safetensors")
+  stablehlo.write_safetensors(path, arrays)
+  got = stablehlo.read_safetensors(path)
+  assert list(got) == list(arrays)
+  for name, a in arrays.items():
+    assert got[name].dtype == a.dtype and got[name].shape == a.shape
+    np.testing.assert_array_equal(got[name], a)
+  header = int.from_bytes(open(path, "rb").read(8), "little")
+  assert os.path.getsize(path) == 8 + header + sum(a.nbytes for a in arrays.values())
