@@ -30,7 +30,7 @@ from compressjax.quant._checks import check_granularity, check_kind
 from compressjax.quant.base import Codes, Quantizer, State
 from compressjax.quant.granularity import PER_TENSOR, Granularity
 from compressjax.qarray import QArray
-from compressjax.quant.ste import clip, grad_scale, round_ste
+from compressjax.quant.ste import clip, fake_quant, grad_scale
 
 Array = jax.Array
 
@@ -103,8 +103,9 @@ class LSQ(Quantizer):
     return {"signed": _checks.signed_stat(x)} if self.is_signed is None else {}
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
-    codes, step, zero, _ = self._codes(x, params, stats)
-    return self.granularity.unview((codes - zero) * step, x.shape).astype(x.dtype)
+    v, s, beta, (q_n, q_p) = self._prepare(x, params, stats)
+    y = fake_quant(v, s, -q_n, q_p) if beta is None else fake_quant(v - beta, s, -q_n, q_p) + beta
+    return self.granularity.unview(y, x.shape).astype(x.dtype)
 
   def quantize(self, x: Array, params: State, stats: State) -> Codes:
     _checks.check_finite_state(self, params)
@@ -127,19 +128,24 @@ class LSQ(Quantizer):
         group_size=self.granularity.group_size,
     )
 
-  def _codes(self, x: Array, params: State, stats: State):
-    """``(codes, step, zero_point, (Q_N, Q_P))`` on the view of ``x``.
-
-    Codes carry the STE; step and offset carry the gradient scale. ``v^ = (codes - zero) * s``
-    with ``zero = -beta / s`` is LSQ+'s ``codes * s + beta``, written as the export computes it.
-    """
+  def _prepare(self, x: Array, params: State, stats: State):
+    """``(view of x, step, offset or None, (Q_N, Q_P))``; step and offset carry the grad scale."""
     _checks.check_operand(self, x, init=False)
     q_n, q_p = self.bounds(stats)
     g = self.grad_scale_of(x.shape, q_p)
     s = grad_scale(params["step"], g)
-    beta = grad_scale(params["offset"], g) if "offset" in params else jnp.zeros_like(s)
-    v = self.granularity.view(x.astype(jnp.float32))
-    return round_ste(clip((v - beta) / s, -q_n, q_p)), s, -beta / s, (q_n, q_p)
+    beta = grad_scale(params["offset"], g) if "offset" in params else None
+    return self.granularity.view(x.astype(jnp.float32)), s, beta, (q_n, q_p)
+
+  def _codes(self, x: Array, params: State, stats: State):
+    """``(codes, step, zero_point, (Q_N, Q_P))`` on the view of ``x``.
+
+    ``v^ = (codes - zero) * s`` with ``zero = -beta / s`` is LSQ+'s ``codes * s + beta``, written
+    as the export computes it.
+    """
+    v, s, beta, (q_n, q_p) = self._prepare(x, params, stats)
+    beta = jnp.zeros_like(s) if beta is None else beta
+    return jnp.round(clip((v - beta) / s, -q_n, q_p)), s, -beta / s, (q_n, q_p)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
