@@ -1,4 +1,4 @@
-"""NNX twins of the zoo's CNN and ResNet: the same layers, names and parameter shapes.
+"""NNX twins of the zoo's CNN, ResNet and ViT: the same layers, names and parameter shapes.
 
 Attribute paths equal the Linen module paths (``conv0/kernel``, ``stage1/block0/bn1/mean``), so
 :func:`load_linen` copies a Linen model's ``params`` and ``batch_stats`` into the twin and both
@@ -102,6 +102,71 @@ class ResNet(nnx.Module):
     for s, b in self.layout:
       x = getattr(getattr(self, f"stage{s + 1}"), f"block{b}")(x)
     return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class MlpBlock(nnx.Module):
+  """:class:`compressjax.models.vit.MlpBlock` in NNX (``fc1``, GELU, ``fc2`` as ``nnx.Einsum``)."""
+
+  def __init__(self, hidden: int, mlp_dim: int, dropout_rate: float, rngs: nnx.Rngs):
+    self.fc1 = nnx.Einsum("btd,dh->bth", (hidden, mlp_dim), (mlp_dim,), rngs=rngs)
+    self.fc2 = nnx.Einsum("bth,hd->btd", (mlp_dim, hidden), (hidden,), rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def __call__(self, x):
+    return self.dropout(self.fc2(self.dropout(nnx.gelu(self.fc1(x)))))
+
+
+class EncoderBlock(nnx.Module):
+  """:class:`compressjax.models.vit.EncoderBlock` in NNX (pre-LN attention and MLP)."""
+
+  def __init__(self, hidden: int, heads: int, mlp_dim: int, dropout_rate: float,
+               rngs: nnx.Rngs):
+    self.ln1 = nnx.LayerNorm(hidden, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, hidden, dropout_rate=dropout_rate, decode=False,
+                                       rngs=rngs)
+    self.ln2 = nnx.LayerNorm(hidden, rngs=rngs)
+    self.mlp = MlpBlock(hidden, mlp_dim, dropout_rate, rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.dropout(self.attn(self.ln1(x)))
+    return x + self.mlp(self.ln2(x))
+
+
+class ViT(nnx.Module):
+  """:class:`compressjax.models.ViT` in NNX (``image_size`` is explicit: it sizes
+  ``pos_embedding``)."""
+
+  def __init__(self, *, in_channels: int = 1, num_classes: int = 10, hidden: int = 64,
+               depth: int = 2, heads: int = 4, mlp_dim: int = 128, patch_size: int = 4,
+               image_size: int = 8, dropout_rate: float = 0.0, rngs: nnx.Rngs):
+    if hidden % heads:
+      raise ValueError(f"ViT.hidden={hidden} must be divisible by heads={heads}")
+    if image_size % patch_size:
+      raise ValueError(f"ViT: image_size={image_size} must be divisible by "
+                       f"patch_size={patch_size}")
+    p = patch_size
+    self.patch_embed = nnx.Conv(in_channels, hidden, (p, p), strides=p, padding="VALID",
+                                rngs=rngs)
+    tokens = (image_size // p) ** 2 + 1
+    self.cls_token = nnx.Param(jnp.zeros((1, 1, hidden)))
+    self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, tokens, hidden)))
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.depth = depth
+    for i in range(depth):
+      setattr(self, f"block{i}", EncoderBlock(hidden, heads, mlp_dim, dropout_rate, rngs))
+    self.final_ln = nnx.LayerNorm(hidden, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.patch_embed(x)
+    b, hidden = x.shape[0], x.shape[-1]
+    x = x.reshape((b, -1, hidden))
+    x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (b, 1, hidden)), x], axis=1)
+    x = self.dropout(x + self.pos_embedding[...])
+    for i in range(self.depth):
+      x = getattr(self, f"block{i}")(x)
+    return self.head(self.final_ln(x)[:, 0])
 
 
 def load_linen(model: nnx.Module, variables: dict) -> nnx.Module:
