@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -101,8 +102,9 @@ class CompressedModule(nnx.Module):
   def __call__(self, *args, **kwargs):
     return self.call("__call__", *args, **kwargs)
 
-  def call(self, method: str, *args, **kwargs):
-    """Runs ``method`` of the model under the compression."""
+  def call(self, method: str | Callable, *args, **kwargs):
+    """Runs ``method`` of the model under the compression: a method name, or a function called
+    as ``method(model, *args, **kwargs)`` (as Linen's ``apply(method=...)``)."""
     state = {"params": _unwrap(self.site_params), "stats": _unwrap(self.site_stats),
              "served": _unwrap(self.served)}
     update = not self.use_running_average and not self.compression.serve
@@ -145,7 +147,7 @@ def _inputs(model, spec: Compression, method, args, kwargs):
     m = nnx.merge(graphdef, params, rest)
     _scope_modules(m)
     a, k = rebuild(dyn)
-    out = getattr(m, method)(*a, **k)
+    out = method(m, *a, **k) if callable(method) else getattr(m, method)(*a, **k)
     return out, nnx.state(m, nnx.Not(nnx.Param))
 
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)

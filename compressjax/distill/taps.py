@@ -6,7 +6,8 @@ the model's output, so neither teacher nor student code is edited and a ``compre
 works too (its apply runs the same method under compression: the features are the compressed
 ones). NNX: a throw-away merged copy of the module runs with the tapped submodules' classes
 swapped for subclasses that record their outputs; state updates (BatchNorm statistics) are
-written back to the model. A module's feature is the output of its ``__call__`` (of its last
+written back to the model. A compressed NNX module records on the copy its compressed call
+traces, so its features are the compressed ones, as for Linen. A module's feature is the output of its ``__call__`` (of its last
 call when it is called more than once). Works under ``jit``; the path check happens while
 tracing. Modules inside Linen lifted transforms (``nn.scan``) cannot be tapped.
 """
@@ -14,6 +15,7 @@ tracing. Modules inside Linen lifted transforms (``nn.scan``) cannot be tapped.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,7 +123,13 @@ def available_paths(model: Any, variables: Any, *args: Any, **apply_kwargs: Any)
 # ---------------------------------------------------------------------------------------- NNX
 
 
-_RECORDERS: list[tuple[set, set, dict]] = []  # (seen, wanted, feats) of the running NNX taps
+_RECORDERS = threading.local()  # per thread: a stack of (seen, wanted, feats) of running taps
+
+
+def _recorders() -> list:
+  if not hasattr(_RECORDERS, "stack"):
+    _RECORDERS.stack = []
+  return _RECORDERS.stack
 
 
 @functools.cache
@@ -131,8 +139,8 @@ def _recording_class(cls: type) -> type:
   def __call__(self, *args, **kwargs):
     out = call(self, *args, **kwargs)
     name = self.__dict__.get("_compressjax_tap")
-    if name is not None and _RECORDERS:
-      seen, wanted, feats = _RECORDERS[-1]
+    if name is not None and _recorders():
+      seen, wanted, feats = _recorders()[-1]
       seen.add(name)
       if name in wanted:
         feats[name] = out
@@ -148,27 +156,38 @@ def _nnx_taps(model: Any, args, kwargs, wanted: set[str], seen: set[str] | None 
 
   from compressjax.core import CompressedModule  # pylint: disable=g-import-not-at-top
 
-  if isinstance(model, CompressedModule):
-    raise NotImplementedError("taps of a compressed NNX module: tap its uncompressed model "
-                              "(cm.model) or use a Linen model")
-  if not isinstance(model, nnx.Module):
-    raise TypeError(f"taps need a Linen or NNX module, got {type(model).__name__}")
   seen = set() if seen is None else seen
+  kwargs = dict(kwargs)
+  method = kwargs.pop("method", None)
+  if isinstance(model, CompressedModule):
+    # The compressed call merges a throw-away copy of the model and traces the method on it:
+    # recording there returns the features computed under compression.
+    record = lambda m, *a, **k: _record(m, method, a, k, wanted, seen)
+    out, feats = model.call(record, *args, **kwargs)
+  elif isinstance(model, nnx.Module):
+    copy = nnx.merge(*nnx.split(model))
+    out, feats = _record(copy, method, args, kwargs, wanted, seen)
+    nnx.update(model, nnx.state(copy))
+  else:
+    raise TypeError(f"taps need a Linen or NNX module, got {type(model).__name__}")
+  _missing(model, wanted, seen)
+  return out, feats
+
+
+def _record(copy: Any, method: Any, args, kwargs, wanted: set[str], seen: set[str]):
+  """Runs ``method`` of a throw-away NNX module with its submodules' outputs recorded."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
   feats: dict[str, Any] = {}
-  copy = nnx.merge(*nnx.split(model))
   for path, sub in nnx.iter_modules(copy):
     cls = type(sub)
     if path and "__call__" in dir(cls) and cls.__call__ is not object.__call__:
-      name = "/".join(str(p) for p in path)
-      object.__setattr__(sub, "_compressjax_tap", name)
+      object.__setattr__(sub, "_compressjax_tap", "/".join(str(p) for p in path))
       if not getattr(cls, "_compressjax_recording", False):
         sub.__class__ = _recording_class(cls)
-  method = kwargs.pop("method", None)
-  _RECORDERS.append((seen, wanted, feats))
+  _recorders().append((seen, wanted, feats))
   try:
     out = _call(copy, method, args, kwargs)
   finally:
-    _RECORDERS.pop()
-  nnx.update(model, nnx.state(copy))
-  _missing(model, wanted, seen)
+    _recorders().pop()
   return out, feats

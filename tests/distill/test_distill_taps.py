@@ -89,3 +89,37 @@ def test_taps_of_an_nnx_module_by_submodule_path():
   assert available_paths(net, None, x) == ["a", "b", "bn"]
   with pytest.raises(ValueError, match="available paths: a, b, bn"):
     taps(net, None, x, ["c"])
+
+
+def test_taps_of_a_compressed_nnx_module_are_the_compressed_features():
+  import jax.numpy as jnp
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Linear(4, 8, rngs=rngs)
+      self.b = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(jnp.tanh(self.a(x)))
+
+  net, x = Net(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (3, 4))
+  cm = compress(net, [Rule(pattern="^a/", weight=LSQ(bits=2))], x)
+  out, feats, _ = apply_with_taps(cm, None, x, paths=["a", "b"])
+  np.testing.assert_allclose(out, cm(x), rtol=1e-6)
+  np.testing.assert_allclose(feats["b"], out, rtol=1e-6)
+  float_a = net.a(x)
+  assert not np.allclose(feats["a"], float_a, atol=1e-3)  # the 2-bit kernel's output, not float
+  np.testing.assert_allclose(feats["a"], x @ _fake_kernel(cm, net) + net.a.bias[...], rtol=1e-5,
+                             atol=1e-6)
+  grads = nnx.grad(lambda m: jnp.sum(apply_with_taps(m, None, x, paths=["a"])[1]["a"] ** 2))(cm)
+  assert float(jnp.abs(grads.site_params["a"]["kernel"]["weight"]["step"][...]).sum()) > 0
+  assert available_paths(cm, None, x) == ["a", "b"]
+  with pytest.raises(ValueError, match="available paths: a, b"):
+    taps(cm, None, x, ["c"])
+
+
+def _fake_kernel(cm, net):
+  rule = cm.compression.rules[0]
+  params = {"step": cm.site_params["a"]["kernel"]["weight"]["step"][...]}
+  return rule.weight.fake(net.a.kernel[...], params, {})
