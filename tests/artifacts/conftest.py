@@ -39,8 +39,8 @@ class EinsumNet(nn.Module):
 def _served(model, w_bits, a_bits):
   x = jax.random.normal(jax.random.key(0), (N, 8, 8, 1))
   float_vars = model.init(jax.random.key(1), x)
-  rules = [cj.Rule(pattern=".", weight=LSQ(bits=w_bits, granularity=gr.PER_CHANNEL),
-                   act=LSQ(bits=a_bits, kind="activation", signed=True))]
+  act = None if a_bits is None else LSQ(bits=a_bits, kind="activation", signed=True)
+  rules = [cj.Rule(pattern=".", weight=LSQ(bits=w_bits, granularity=gr.PER_CHANNEL), act=act)]
   qmodel = cj.compress(model, rules)
   variables = cj.init_from(qmodel, float_vars, x, train=False)
   serving_model, serving_vars = cj.export(qmodel, variables, x)
@@ -63,3 +63,9 @@ def w8a8_einsum():
 @pytest.fixture(scope="session")
 def w4a4_mlp():
   return _served(MLP(features=(64, 32)), 4, 4)
+
+
+@pytest.fixture(scope="session")
+def w4a16_mlp():
+  """Weight-only 4-bit: every site is served on the kernel path (float activations)."""
+  return _served(MLP(features=(64, 32)), 4, None)

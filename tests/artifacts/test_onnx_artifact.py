@@ -55,6 +55,19 @@ def test_w4a4_mlp_runs_on_integer_ops_in_onnxruntime(w4a4_mlp, tmp_path):
   assert size < 0.5 * float_size
 
 
+def test_w4a16_kernel_path_runs_in_onnxruntime(w4a16_mlp, tmp_path):
+  from compressjax.export import serving_paths  # pylint: disable=g-import-not-at-top
+
+  served = w4a16_mlp
+  paths = serving_paths(served["serving_model"], served["serving_vars"], served["x"][:1])
+  assert {path for path, _ in paths.values()} == {"kernel"}, paths
+  path = tmp_path / "mlp_w4a16.onnx"
+  save_onnx(served["serving_model"], served["serving_vars"], served["x"], str(path))
+  for rows in (1, 5, len(served["x"])):
+    np.testing.assert_allclose(_run(path, served["x"][:rows]), served["expected"][:rows],
+                               atol=1e-4)
+
+
 def test_custom_einsum_layer_runs_in_onnxruntime(w8a8_einsum, tmp_path):
   _check(w8a8_einsum, tmp_path, "einsum_w8a8", {"MatMulInteger"})
 

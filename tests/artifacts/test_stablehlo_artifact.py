@@ -36,9 +36,9 @@ def _save(served, path):
   return manifest
 
 
-def test_stablehlo_serves_without_compressjax(w8a8_cnn, w8a8_einsum, tmp_path):
+def test_stablehlo_serves_without_compressjax(w8a8_cnn, w8a8_einsum, w4a16_mlp, tmp_path):
   dirs = []
-  for name, served in (("cnn", w8a8_cnn), ("einsum", w8a8_einsum)):
+  for name, served in (("cnn", w8a8_cnn), ("einsum", w8a8_einsum), ("mlp_w4a16", w4a16_mlp)):
     path = str(tmp_path / name)
     manifest = _save(served, path)
     dirs.append(path)
@@ -59,7 +59,7 @@ def test_stablehlo_serves_without_compressjax(w8a8_cnn, w8a8_einsum, tmp_path):
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
   assert out.returncode == 0, out.stderr[-3000:]
   diffs = [float(line.split()[-1]) for line in out.stdout.splitlines()]
-  assert len(diffs) == 6 and max(diffs) <= 1e-5, out.stdout
+  assert len(diffs) == 9 and max(diffs) <= 1e-5, out.stdout
 
 
 def test_load_refuses_another_input_shape(w8a8_einsum, tmp_path):
