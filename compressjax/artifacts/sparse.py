@@ -64,7 +64,7 @@ class SparseWeight:
 
   @property
   def index_bits(self) -> int:
-    return max(1, math.ceil(math.log2(self.m))) if self.format == "nm" else 1
+    return _index_bits(self.m) if self.format == "nm" else 1
 
   @property
   def nbytes(self) -> int:
@@ -118,7 +118,7 @@ def pack(weight: QArray | Any, format: str = "bitmap", *,  # pylint: disable=red
     groups = (mat != zero).T.reshape(cols, k // m, m)
     slots = np.argsort(~groups, axis=-1, kind="stable")[..., :n]  # nonzeros first, in order
     values = np.take_along_axis(mat.T.reshape(cols, k // m, m), slots, axis=-1).ravel()
-    index = _bitstream(slots.ravel(), max(1, math.ceil(math.log2(m))))
+    index = _bitstream(slots.ravel(), _index_bits(m))
     extra = dict(n=n, m=m)
   stored = int(values.size)
   if meta["bits"] is not None:
@@ -144,14 +144,18 @@ def unpack(w: SparseWeight) -> QArray | jax.Array:
     mat = jnp.where(keep.reshape(k, cols), picked.reshape(k, cols), zero)
   else:
     slots = _from_bitstream(w.index, w.index_bits, w.stored).reshape(cols, k // w.m, w.n)
-    hit = jax.nn.one_hot(slots, w.m, dtype=jnp.int32)  # (cols, groups, n, m)
-    vals = values.reshape(cols, k // w.m, w.n, 1).astype(jnp.int32 if w.bits else values.dtype)
-    dense = jnp.sum(hit * vals, axis=-2).reshape(cols, k).T
-    mat = jnp.where(jnp.any(hit, axis=-2).reshape(cols, k).T, dense.astype(zero.dtype), zero)
+    rows = slots + jnp.arange(0, k, w.m)[None, :, None]  # (cols, groups, n): the row in K
+    column = jnp.arange(cols)[:, None, None]
+    mat = zero.T.at[column, rows].set(values.reshape(rows.shape).astype(zero.dtype)).T
   if w.bits is None:
     return mat.reshape(w.shape)
   return QArray.from_codes(mat.reshape(w.shape), w.scale, w.zero_point, bits=w.bits,
                            signed=w.signed, group_size=w.group_size)
+
+
+def _index_bits(m: int) -> int:
+  """Bits of one in-group position of an N:M group of ``m``."""
+  return max(1, math.ceil(math.log2(m)))
 
 
 def _kn(shape: tuple[int, ...]) -> tuple[int, int]:
