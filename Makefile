@@ -15,8 +15,10 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/compressjax demo
 
+# --dist worksteal: a worker that runs out of tests takes queued ones from the other, so the
+# few minute-long tests (story, sharding, notebooks) do not pile up at the end of one worker.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 -q --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=15 tests
 
 experiments: $(BIN)/.installed
 	$(BIN)/python -m experiments.run_all $(ARGS)

@@ -51,6 +51,7 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
   only shapes, dtypes and shardings (``jax.eval_shape``): enough to restore a checkpoint into,
   without compiling the initialisation.
   """
+  mesh = make_mesh(cfg.train.mesh)  # a mesh the devices cannot hold fails before any loading
   d = cfg.data
   dataset = load_dataset(d.name, data_dir=d.data_dir, split_seed=d.split_seed,
                          image_size=d.image_size, in_memory=d.in_memory, download=d.download)
@@ -71,7 +72,6 @@ def setup(cfg: Config, *, abstract: bool = False) -> Setup:
                            edge_bits=q.edge_bits)
     init, args = quantized_init(float_model, model, optimizer, examples, rng,
                                 init_from=q.init_from, abstract=abstract)
-  mesh = make_mesh(cfg.train.mesh)
   shape = jax.eval_shape(init, *args)
   shardings = state_shardings(shape, mesh, cfg.train.mesh.fsdp_min_size)
   if abstract:
