@@ -168,3 +168,103 @@ def test_nan_inputs_give_nan_in_the_same_outputs():
   served = np.asarray(serving_model.apply(serving_vars, x))
   np.testing.assert_array_equal(np.isnan(fake), np.isnan(served))
   assert np.isnan(served[1]).all() and not np.isnan(served[[0, 2, 3]]).any()
+
+
+# ------------------------------------------------------------------------------------------------
+# Served vs fake-quant: the int8 paths sum exactly, fake-quant in float; the bound (issue 13).
+
+import flax.linen as nn  # noqa: E402
+
+from compressjax.core.compress import SITE_PARAMS  # noqa: E402
+from compressjax.export import site_agreement  # noqa: E402
+
+
+class _Stack(nn.Module):
+  """Dense layers with LayerNorm between them (``norm=False``: Dense straight into Dense)."""
+
+  widths: tuple = (32, 32, 32, 8)
+  norm: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, use_bias=self.norm, name=f"dense{i}")(x)
+      x = nn.LayerNorm(name=f"norm{i}")(x) if self.norm and i + 1 < len(self.widths) else x
+    return x
+
+
+def _w4a8(model, x):
+  rules = [cc.Rule(pattern=".", weight=LSQ(bits=4), act=LSQ(bits=8, kind="activation",
+                                                             signed=True))]
+  qmodel = cc.compress(model, rules)
+  return qmodel, cc.init_from(qmodel, model.init(jax.random.key(1), x), x)
+
+
+def test_served_sites_equal_fake_quant_given_the_same_input_codes():
+  x = jax.random.normal(jax.random.key(0), (64, 24))
+  qmodel, variables = _w4a8(_Stack(), x)
+  serving_model, serving_vars = export(qmodel, variables, x)
+  agreement = site_agreement(serving_model, serving_vars, x)
+  assert set(agreement) == {f"dense{i}/kernel" for i in range(4)}
+  for site, e in agreement.items():
+    assert e["same_input_rel_err"] <= 1e-5, site
+    assert e["code_diff_max"] <= 1 and e["codes_differing"] <= 1e-3 * e["codes"], site
+  assert agreement["dense0/kernel"]["codes_differing"] == 0  # the network input itself
+  expected = qmodel.apply(variables, x)
+  assert _max_err(serving_model.apply(serving_vars, x), expected) <= 1e-5 * float(
+      jnp.max(jnp.abs(expected)))
+
+
+def test_only_codes_on_an_exact_rounding_tie_flip_and_by_one():
+  """Steps chosen so the next quantizer's exact input is acc / 100 (acc = the integer sum of
+  code products): codes with acc = 50 mod 100 sit on a tie, which the exact int32 sum and the
+  float fake-quant sum may round apart. Exactly those, and by one code, may differ."""
+  x = jax.random.normal(jax.random.key(0), (256, 48))
+  qmodel, variables = _w4a8(_Stack(widths=(32, 8), norm=False), x)
+  steps = variables["params"][SITE_PARAMS]
+  sx, sw = jnp.float32(0.1), jnp.float32(0.03)
+  steps = {"dense0": {"kernel": {"input": {"step": sx}, "weight": {"step": sw}}},
+           "dense1": {"kernel": {**steps["dense1"]["kernel"],
+                                 "input": {"step": sx * sw * 100}}}}
+  variables = {**variables, "params": {**variables["params"], SITE_PARAMS: steps}}
+  serving_model, serving_vars = export(qmodel, variables, x)
+  agreement = site_agreement(serving_model, serving_vars, x)
+  first, second = agreement["dense0/kernel"], agreement["dense1/kernel"]
+  assert first["codes_differing"] == 0 and second["code_diff_max"] <= 1
+  assert max(first["same_input_rel_err"], second["same_input_rel_err"]) <= 1e-5
+  w = serving_vars["served"]["dense0"]["kernel"]["weight"]
+  x_codes = jnp.clip(jnp.round(x / sx), -128, 127).astype(jnp.int32)
+  acc = x_codes @ w.codes()
+  ties = int(jnp.sum(jnp.abs(acc) % 100 == 50))
+  assert second["codes_differing"] <= ties < 0.05 * second["codes"]
+
+
+class _TokenNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(16, name="a")(x))
+    x = nn.DenseGeneral((2, 8), name="b")(x)
+    return nn.DenseGeneral(5, axis=(-2, -1), name="c")(x)  # contracts two axes: not per row
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "zero-point"])
+def test_per_token_dynamic_scales_run_on_the_int8_dot(symmetric):
+  from compressjax.quant.granularity import PER_TOKEN  # pylint: disable=g-import-not-at-top
+
+  x = jax.random.normal(jax.random.key(0), (3, 4, 12)) * jnp.arange(1, 13)  # rows differ
+  act = Uniform(bits=8, granularity=PER_TOKEN, dynamic=True, symmetric=symmetric, signed=None)
+  model = cc.compress(_TokenNet(), [cc.Rule(pattern=".", weight=LSQ(
+      bits=8, granularity=gr.PER_CHANNEL), act=act)])
+  variables = cc.init_from(model, _TokenNet().init(jax.random.key(1), x), x)
+  serving_model, serving_vars = export(model, variables, x)
+  paths = serving_paths(serving_model, serving_vars, x)
+  assert paths["a/kernel"][0] == paths["b/kernel"][0] == "int8 dot"
+  assert paths["c/kernel"][0] == "kernel" and "per-token" in paths["c/kernel"][1]
+  hlo = jax.jit(serving_model.apply).lower(serving_vars, x).as_text()
+  assert len([l for l in hlo.splitlines() if "dot_general" in l and "xi8>" in l]) == 2
+  for site, e in site_agreement(serving_model, serving_vars, x).items():
+    assert e["same_input_rel_err"] <= 1e-5, site
+  if symmetric:  # end to end too (zero-point rows' ranges move by an ulp and can flip a code)
+    expected = model.apply(variables, x)
+    assert _max_err(serving_model.apply(serving_vars, x), expected) <= 1e-5 * float(
+        jnp.max(jnp.abs(expected)))
