@@ -12,6 +12,8 @@ Reported, in units of the float parameter bytes:
 * ``export_extra``: peak minus the RSS with the float variables in place (what export adds);
 * ``peak_over_float``: peak minus the RSS before the model's parameters existed, i.e. float
   params + packed params + export's temporaries. Goal <= 1.3.
+glibc's ``MALLOC_*`` environment (e.g. ``MALLOC_MMAP_THRESHOLD_=1048576``, which returns freed
+large buffers to the OS at once) is passed to the subprocess and recorded.
 
   python benchmarks/export_memory.py [--layers 13] [--width 2048] [--cold] [--label NAME]
 """
@@ -116,6 +118,7 @@ def main(argv=None) -> dict:
                        check=True, capture_output=True, text=True)
   label = args.label or ("cold" if args.cold else "warm")
   row = {"label": label, **json.loads(out.stdout.strip().splitlines()[-1]),
+         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
          "load_average": os.getloadavg()}
   mb = lambda b: f"{b / 2**20:.0f} MB"
   print(f"{args.layers} x {args.width}^2 Dense: float {mb(row['float_param_bytes'])}, packed "
