@@ -1,8 +1,8 @@
-"""Typed configs and the ``compressjax`` command: errors are one actionable line."""
+"""Typed configs and the ``compressjax`` command: errors are one actionable line.
+
+``compressjax demo`` (then ``eval`` of its teacher) runs once, in tests/test_pipeline.py."""
 
 import dataclasses
-import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -85,37 +85,3 @@ def test_module_entry_point_reports_errors_without_traceback():
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("compressjax: error: unknown config 'nope'")
   assert "Traceback" not in proc.stderr
-
-
-def test_one_epoch_demo_then_eval(capsys, tmp_path, data_dir):
-  workdir = tmp_path / "demo"
-  main(["demo", "--workdir", str(workdir), "--set", "train.epochs=1", "--set",
-        f"data.data_dir={data_dir}", "--set", "train.progress=false"])
-  out = capsys.readouterr().out
-  summary = json.loads((workdir / "summary.json").read_text())
-  teacher = summary["float"]
-  assert teacher["dataset"] == "digits" and teacher["model"] == "cnn"
-  assert teacher["checkpoint"] == str(workdir / "float" / "checkpoints" / str(teacher["steps"]))
-  assert os.path.isdir(teacher["checkpoint"]) and teacher["params"] > 0
-  assert teacher["test_accuracy"] > 0.5  # one epoch; the full demo reaches ~99%
-  assert "[1/6] float teacher: train digits_cnn" in out and teacher["checkpoint"] in (
-      workdir / "summary.md").read_text()
-  models = {m["name"]: m for m in summary["models"]}
-  assert list(models) == ["float", "qat_w8a8", "qat_w4a4", "student"]
-  for name in ("qat_w8a8", "qat_w4a4", "student"):
-    assert models[name]["accuracy"] == models[name]["fake_quant_accuracy"] > 0.3
-    assert os.path.isdir(models[name]["checkpoint"])
-  assert models["qat_w4a4"]["bytes"] < models["float"]["bytes"] / 4
-  assert models["student"]["sparse_bytes"] < models["student"]["bytes"]
-  for m in models.values():  # the terminal table shows the numbers of summary.json
-    assert f"{m['label']}  " in out and f"{100 * m['accuracy']:.2f}%" in out
-    assert f"{m['bytes']:,}" in out
-  assert "pruned weights exactly zero in the served kernels: yes" in out
-  lines = out.splitlines()
-  for layer in summary["layers"]:  # every site's row shows how it is served, beside its bits
-    row = next(line for line in lines if line.startswith(layer["site"] + " "))
-    assert layer["serving_path"] in row, row
-  assert str(workdir / "summary.md") in out
-  main(["eval", "--workdir", str(workdir / "float")])
-  out = capsys.readouterr().out
-  assert f"test accuracy {100 * teacher['test_accuracy']:.2f}%" in out
