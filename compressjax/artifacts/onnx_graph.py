@@ -18,7 +18,9 @@ Weights: the serving variables' leaves are known at export time. Every equation 
 are all known is evaluated once with JAX (constant folding), so the serving program's weight
 preprocessing (unpacking QArray codes, removing the unsigned-storage offset, code column sums,
 transposes into ONNX layouts) runs here, and the initializers are the int8 codes the integer ops
-read (4-bit codes become one int8 per code: twice their packed size) and folded float scales. A
+read (4-bit codes become one int8 per code: twice their packed size) and folded float scales; a
+folded float array holding only integers in int8's range (codes a float op reads) is stored as
+int8 and cast back in the graph (onnxruntime folds the cast once, at load). A
 broadcast that would turn a scalar into a large constant (the all-ones kernel of the NaN-mask
 conv) stays in the graph as ``Expand``.
 
@@ -84,8 +86,14 @@ class _Builder:
     small = v.value.size <= 16
     key = (v.value.dtype.str, v.value.shape, v.value.tobytes()) if small else id(v)
     if key not in self._consts:
-      name = self.name(v.hint)
-      self.initializers.append(self.numpy_helper.from_array(np.asarray(v.value), name))
+      value = np.asarray(v.value)
+      if small or not _int8_valued(value):
+        name = self.name(v.hint)
+        self.initializers.append(self.numpy_helper.from_array(value, name))
+      else:  # integer codes held as floats: stored as int8, cast back once at load
+        codes = self.name(v.hint)
+        self.initializers.append(self.numpy_helper.from_array(value.astype(np.int8), codes))
+        name = self.cast(codes, value.dtype)
       self._consts[key] = (name, v)  # holds v, so id(v) stays unique
     return self._consts[key][0]
 
@@ -132,6 +140,12 @@ class _Builder:
     if isinstance(v, _Known):
       return _Known(v.value.reshape(shape), v.hint)
     return self.op("Reshape", [v, self.dims(shape)])
+
+
+def _int8_valued(value: np.ndarray) -> bool:
+  """A float array whose values are all integers in int8's range (e.g. weight codes)."""
+  return (value.dtype.kind == "f" and bool(np.all(np.isfinite(value)))
+          and bool(np.all(value == np.round(value))) and -128 <= value.min() and value.max() <= 127)
 
 
 def _is_symbolic(d) -> bool:

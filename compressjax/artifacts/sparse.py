@@ -221,6 +221,9 @@ def parse_format(spec: str, name: str = "weight") -> dict[str, Any]:
 def pack_sites(serving_vars: dict, formats: dict[str, str]) -> dict:
   """``serving_vars`` with the served weight of each site in ``formats`` (site name -> "bitmap"
   or "N:M", e.g. ``{"conv2/kernel": "bitmap"}``) as a :class:`SparseWeight`."""
+  if serving_vars is None:
+    raise ValueError("sparse storage needs a Linen serving model and its variables (an NNX "
+                     "serving module was given)")
   served = dict(serving_vars.get(SERVED, {}))
   for site, spec in formats.items():
     entry = get_path(served, site)

@@ -33,7 +33,7 @@ MODULE = "model.stablehlo"
 EXPAND = "expand.stablehlo"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-FORMAT = "compressjax.stablehlo/1"
+FORMAT = "compressjax.stablehlo/2"  # 2: safetensors weights, symbolic batch, sparse expansion
 
 
 def save_stablehlo(serving_model: Any, serving_vars: dict | None, example_input: Any,
@@ -83,9 +83,6 @@ def _save_expand(serving_vars, sparse, leaves, path, platforms):
   leaves by name and the sites' formats."""
   from compressjax.artifacts import sparse as sp  # pylint: disable=g-import-not-at-top
 
-  if serving_vars is None:
-    raise ValueError("sparse storage needs a Linen serving model and its variables (an NNX "
-                     "serving module was given)")
   packed = sp.pack_sites(serving_vars, sparse)
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(packed)
   names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in with_paths]

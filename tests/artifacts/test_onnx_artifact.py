@@ -1,6 +1,8 @@
 """ONNX artifact: integer sites as MatMulInteger / ConvInteger, agreeing with JAX serving at any
 batch size."""
 
+import json
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +84,8 @@ def test_write_artifacts_reports_sizes_and_agreement(w8a8_cnn, tmp_path):
       "stablehlo_weights_bytes"]
   assert (tmp_path / "stablehlo" / "expand.stablehlo").stat().st_size == report[
       "stablehlo_expand_bytes"] and report["sparse"] == sparse
+  manifest = json.loads((tmp_path / "stablehlo" / "manifest.json").read_text())
+  assert report["sparse_weights_bytes"] == sum(leaf["bytes"] for leaf in manifest["leaves"])
   for name in ("onnx", "stablehlo"):
     assert report[f"{name}_argmax_agreement"] >= 0.997 and report[f"{name}_max_abs_diff"] < 1e-3
 
