@@ -45,7 +45,8 @@ class QuantConfig:
   """Optional quantization-aware training of the model (``method=None``: train in float).
 
   ``method`` names a recipe of :mod:`compressjax.quant.recipes` (``METHODS``: lsq, sat,
-  sat_centered, dorefa_pact, ...); ``edge_bits`` apply to the first and last site. ``init_from``
+  sat_centered, dorefa_pact, ...); ``edge_bits`` apply to the first and last site (None, or
+  ``quant.edge_bits=none``: every layer at ``w_bits``/``a_bits``, first and last too). ``init_from``
   is the workdir of a float run of the same model to fine-tune from (relative paths are from
   the current directory; None: quantize from scratch).
   """
@@ -53,7 +54,7 @@ class QuantConfig:
   method: str | None = None
   w_bits: int = 4
   a_bits: int = 4
-  edge_bits: int = 8
+  edge_bits: int | None = 8
   init_from: str | None = None
 
 

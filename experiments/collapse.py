@@ -14,7 +14,6 @@ the init batch's statistics) and of the exported, served model after QAT.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from compressjax.config import Config, get_config
+from compressjax.config import Config, apply_overrides, get_config
 from compressjax.runs import quantize_classifier, setup, train_classifier
 from compressjax.train.evaluate import evaluate
 from compressjax.train.steps import make_eval_step
@@ -50,11 +49,8 @@ Notes (measured on the seed-0 float model, W2A2, init accuracy before any QAT st
 
 
 def every_layer(cfg: Config) -> Config:
-  """``cfg`` with ``quant.edge_bits=None``: no layer keeps higher precision.
-
-  (``None`` is set on the dataclass: ``QuantConfig.edge_bits`` is typed ``int`` for overrides.)
-  """
-  return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, edge_bits=None))
+  """``cfg`` with ``quant.edge_bits=None``: no layer keeps higher precision."""
+  return apply_overrides(cfg, ["quant.edge_bits=none"])
 
 
 def init_accuracy(cfg: Config) -> float:

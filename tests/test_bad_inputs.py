@@ -96,3 +96,14 @@ def test_batch_size_one_inits_and_empty_batches_apply():
   apply = jax.jit(model.apply)
   assert np.all(np.isfinite(apply(variables, x)))
   assert apply(variables, jnp.zeros((0, 5))).shape == (0, 3)
+
+
+def test_quant_edge_bits_is_an_int_or_none_in_overrides():
+  from compressjax.config import get_config  # pylint: disable=g-import-not-at-top
+
+  assert get_config("digits_cnn", ["quant.edge_bits=none"]).quant.edge_bits is None
+  assert get_config("digits_cnn", ["quant.edge_bits=6"]).quant.edge_bits == 6
+  _one_line_error(lambda: get_config("digits_cnn", ["quant.edge_bits=eight"]), ValueError,
+                  "quant.edge_bits", "'eight'")
+  _one_line_error(lambda: get_config("digits_cnn", ["quant.edge_bits=0"]), ValueError,
+                  "quant.edge_bits", "must be > 0")

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compressjax.core import trace as trace_lib
+from compressjax.core.checks import check_site
 from compressjax.core.matching import UnusedRuleWarning, first_match, warn_unused
 from compressjax.core.rule import Rule
 from compressjax.core.tree_paths import get_path, key_name, path_str, set_path
@@ -55,6 +56,8 @@ class Compression:
       methods that act on layers other than sites (AdaBits' switchable BatchNorm). Hashable.
     absent: serving: ``(param path, shape, dtype)`` of parameters that only sites read; they are
       left out of the serving variables (their QArrays replace them).
+    checks: step-time ``checkify`` checks of weights and transform parameters (see
+      :mod:`compressjax.core.checks`).
   """
 
   rules: tuple[Rule, ...] = ()
@@ -62,10 +65,17 @@ class Compression:
   backend: str | None = None
   interceptors: tuple[Callable, ...] = ()
   absent: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+  checks: bool = False
 
   def rule_for(self, site: Site) -> Rule | None:
     match = first_match(self.rules, site)
     return None if match is None else match[1]
+
+
+def check_flag(checks: Any) -> bool:
+  if not isinstance(checks, bool):
+    raise TypeError(f"compress: checks={checks!r}; expected True or False")
+  return checks
 
 
 def check_rules(rules: Sequence[Rule]) -> tuple[Rule, ...]:
@@ -84,7 +94,9 @@ def compress(model: Any, rules: Sequence[Rule], *args: Any, **kwargs: Any):
 
   Linen: ``compress(model, rules)`` returns a module of a subclass of the model's class (same
   fields, same parameter tree; ``isinstance`` holds) whose ``init`` / ``apply`` (any ``method``)
-  run the transforms. Options: ``interceptors=``.
+  run the transforms. Options: ``interceptors=``, ``checks=True`` (step-time NaN/Inf checks of
+  weights and transform parameters naming the site; run the step through
+  :func:`compressjax.core.checks.checked`).
   NNX: ``compress(model, rules, *example_args, **example_kwargs)`` returns an ``nnx.Module``
   whose transform state is initialised by one call on the example inputs (see
   :func:`compressjax.core.nnx_compress.compress_nnx`).
@@ -100,9 +112,10 @@ def compress(model: Any, rules: Sequence[Rule], *args: Any, **kwargs: Any):
     raise TypeError(
         f"compress expects a flax.linen.Module or flax.nnx.Module, got {type(model).__name__}")
   interceptors = tuple(kwargs.pop("interceptors", ()))
+  checks = kwargs.pop("checks", False)
   if args or kwargs:
     raise TypeError("compress(linen_model, rules) takes no example inputs; pass them to init")
-  spec = Compression(check_rules(rules), interceptors=interceptors)
+  spec = Compression(check_rules(rules), interceptors=interceptors, checks=check_flag(checks))
   base = unwrap_class(type(model))
   return _compressed_class(base)(**_fields(model, base), compression=spec)
 
@@ -217,6 +230,8 @@ def _fake_handler(spec: Compression, init: bool, update_stats: bool, site: Site,
         s = calibrated if update_stats else s
       else:
         p, s = operand_state(t, x, params, stats, operand, site)
+        if spec.checks:
+          check_site(site.name, operand, x, p, is_weight)
         if update_stats:
           s = t.update(x, p, s)
         y = t.fake(x, p, s)

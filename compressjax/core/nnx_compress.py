@@ -21,8 +21,8 @@ import jax
 from flax import nnx
 
 from compressjax.core import trace as trace_lib
-from compressjax.core.compress import (Compression, check_rules, run, split_dynamic, split_state,
-                                       state_reader)
+from compressjax.core.compress import (Compression, check_flag, check_rules, run, split_dynamic,
+                                       split_state, state_reader)
 from compressjax.core.tree_paths import key_name
 from compressjax.qarray import QArray
 
@@ -56,7 +56,7 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
   from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
 
   method = kwargs.pop("method", "__call__")
-  spec = Compression(check_rules(rules))
+  spec = Compression(check_rules(rules), checks=check_flag(kwargs.pop("checks", False)))
   recalibrate = bn_recalibrate.wanted(kwargs.pop("recalibrate_bn", None), spec.rules)
   graphdef, model_state = nnx.split(model)
   dyn, rebuild = split_dynamic((args, kwargs))
