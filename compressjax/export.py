@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from compressjax.core.checks import check_finite
+from compressjax.core.checks import check_finite, check_transform_state
 from compressjax.core.compress import (SERVED, SITE_PARAMS, STATS, Compression, as_dict,
                                        is_compressed, join_state, operand_state, site_error,
                                        trace_linen, weight_view)
@@ -107,6 +107,7 @@ def export_sites(spec: Compression, tr, param_value, state: dict):
         if operand != "weight":
           entry[operand] = {"params": st["params"].get(operand, {}),
                             "stats": st["stats"].get(operand, {})}
+          check_transform_state(site.name, operand, entry[operand])
     if entry:
       set_path(served, site.name, entry)
   absent = []
