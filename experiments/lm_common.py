@@ -68,8 +68,7 @@ def batches(tokens: np.ndarray, batch_size: int, seed: int) -> Iterator[np.ndarr
 
 def token_nats(model: nn.Module, params: Params, tokens: jax.Array) -> jax.Array:
   """Next-token cross-entropy in nats (B, W - 1) of each predicted position."""
-  logits = model.apply({"params": params}, tokens[:, :-1])
-  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  return variables_nats(model, {"params": params}, tokens)
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -96,19 +95,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
 def bits_per_byte(model: nn.Module, params: Params, tokens: np.ndarray,
                   batch_size: int = 128) -> float:
   """Mean next-byte cross-entropy over all windows of ``tokens``, in bits."""
-  total = 0.0
-  for i in range(0, len(tokens), batch_size):
-    chunk = tokens[i:i + batch_size].astype(np.int32)
-    mask = np.arange(batch_size) < len(chunk)  # pad the last batch: one compiled shape
-    chunk = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-    total += float(_sum_nats(model, params, chunk, mask))
-  return total / (len(tokens) * (tokens.shape[1] - 1)) / math.log(2)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _sum_nats(model: nn.Module, params: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-  """Summed cross-entropy (nats) of the windows where ``mask``; jit-cached per model."""
-  return jnp.sum(token_nats(model, params, tokens).sum(axis=1) * mask)
+  return variables_bpb(model, {"params": params}, tokens, batch_size)
 
 
 def train(cfg: TrainConfig, train_tokens: np.ndarray) -> tuple[Params, list[dict[str, float]]]:
@@ -181,20 +168,24 @@ def variables_nats(model: nn.Module, variables: dict, tokens: jax.Array) -> jax.
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _sum_nats_vars(model: nn.Module, variables: dict, tokens: jax.Array,
-                   mask: jax.Array) -> jax.Array:
+def _sum_nats(model: nn.Module, variables: dict, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """Summed cross-entropy (nats) of the windows where ``mask``; jit-cached per model."""
   return jnp.sum(variables_nats(model, variables, tokens).sum(axis=1) * mask)
 
 
 def variables_bpb(model: nn.Module, variables: dict, tokens: np.ndarray,
                   batch_size: int = 128) -> float:
-  """:func:`bits_per_byte` of ``model.apply(variables, ...)`` (compressed or served models)."""
+  """:func:`bits_per_byte` of ``model.apply(variables, ...)`` (compressed or served models).
+
+  Batches of ``min(batch_size, len(tokens))`` windows, the last one padded and masked, so
+  each model compiles one shape."""
+  batch_size = min(batch_size, len(tokens))
   total = 0.0
   for i in range(0, len(tokens), batch_size):
     chunk = tokens[i:i + batch_size].astype(np.int32)
     mask = np.arange(batch_size) < len(chunk)
     chunk = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-    total += float(_sum_nats_vars(model, variables, chunk, mask))
+    total += float(_sum_nats(model, variables, chunk, mask))
   return total / (len(tokens) * (tokens.shape[1] - 1)) / math.log(2)
 
 

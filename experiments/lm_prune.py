@@ -51,7 +51,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", steps=3, batch_size=8, kd_steps=3, eval_windows=64,
+QUICK = Config(teacher="teacher_quick", steps=2, batch_size=4, kd_steps=2, eval_windows=16,
                patterns=("2:4",))
 
 PATTERNS = {"50% unstructured": lambda layers: prune.magnitude(0.5, layers=layers,

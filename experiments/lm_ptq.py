@@ -63,8 +63,10 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", eval_windows=128, rtn_bits=(4,), groups=(None, 32),
-               gptq_bits=(4,), gptq_groups=(None,), seeds=2, cal_windows=32, cal_batch=16)
+# CI-sized: each path once (RTN and GPTQ with act-order off/on at one setting, two calibration
+# subsets for the sd), few windows.
+QUICK = Config(teacher="teacher_quick", eval_windows=16, rtn_bits=(4,), groups=(None,),
+               gptq_bits=(4,), gptq_groups=(None,), seeds=2, cal_windows=16, cal_batch=8)
 
 
 def granularity(group):

@@ -15,12 +15,14 @@ logits on one batch, and the train bpb at the first and last steps.
 
   python -m experiments.lm_qat            # results/lm_qat.{json,md,png}
   python -m experiments.lm_qat --quick    # quick teacher, one config, few steps: lm_qat_quick.*
+  python -m experiments.lm_qat --seeds 0 1 2 --resume   # adds seeds, keeps the rows already run
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import time
@@ -58,8 +60,8 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", methods=("lsq",), bits=((4, 8),), steps=10, batch_size=8,
-               warmup=2, eval_windows=128)
+QUICK = Config(teacher="teacher_quick", methods=("lsq",), bits=((4, 8),), steps=3, batch_size=4,
+               warmup=1, eval_windows=16)
 
 
 def rules_for(method: str, w_bits: int, a_bits: int) -> list[Rule]:
@@ -111,22 +113,45 @@ def finetune(cfg: Config, model, params, corpus, method, w_bits, a_bits, seed, e
   return {**row, **serve_and_eval(m, {**rest, "params": p}, example, test, check)}
 
 
-def run(cfg: Config, on_row=None) -> dict:
+def same_setting(a: dict, b: dict) -> bool:
+  """Whether two run configurations differ only in the methods, bit-widths and seeds swept."""
+  sweep = ("methods", "bits", "seeds")
+  return {k: v for k, v in a.items() if k not in sweep} == {k: v for k, v in b.items()
+                                                             if k not in sweep}
+
+
+def resumable_rows(cfg: Config, path: str) -> dict[tuple, dict]:
+  """Rows of an earlier (possibly partial) run at ``path`` with the same setting as ``cfg``,
+  keyed by (method, w_bits, a_bits, seed); empty when there is none."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    earlier = json.load(f)
+  if not same_setting(earlier["config"], json.loads(json.dumps(dataclasses.asdict(cfg)))):
+    print(f"not resuming from {path}: its config differs", flush=True)
+    return {}
+  return {(r["method"], r["w_bits"], r["a_bits"], r["seed"]): r for r in earlier["rows"]}
+
+
+def run(cfg: Config, on_row=None, done: dict[tuple, dict] | None = None) -> dict:
+  """Every (bits, method, seed) of ``cfg``; rows found in ``done`` are reused, not rerun (and
+  passed to ``on_row`` with the new ones, so a partial file keeps them)."""
   model, params, info = require_teacher(cfg.teacher)
   corpus, _ = load_corpus()
   test = corpus["test"][:cfg.eval_windows]
   float_bpb = variables_bpb(model, {"params": params}, test)
   example = jnp.asarray(test[:1, :-1], jnp.int32)
   check = jnp.asarray(test[:8, :-1], jnp.int32)
-  rows = []
+  rows, unused = [], dict(done or {})
   for w_bits, a_bits in cfg.bits:
     for method in cfg.methods:
       for seed in cfg.seeds:
-        rows.append(finetune(cfg, model, params, corpus, method, w_bits, a_bits, seed, example,
-                             test, check))
+        key = (method, w_bits, a_bits, seed)
+        rows.append(unused.pop(key, None) or finetune(
+            cfg, model, params, corpus, method, w_bits, a_bits, seed, example, test, check))
         print(rows[-1], flush=True)
         if on_row is not None:
-          on_row(rows, float_bpb)
+          on_row(rows + list(unused.values()), float_bpb)
   return {"config": dataclasses.asdict(cfg), "teacher": info.get("config"), "rows": rows,
           "float_bpb": float_bpb,
           "eval_windows": int(len(test)), "test_windows": int(len(corpus["test"])),
@@ -135,9 +160,14 @@ def run(cfg: Config, on_row=None) -> dict:
                       "load_average_1min_at_end": os.getloadavg()[0]}}
 
 
+def bit_pairs(rows: list[dict]) -> list[tuple[int, int]]:
+  """The (w_bits, a_bits) of ``rows``, activation bits then weight bits descending."""
+  return sorted({(r["w_bits"], r["a_bits"]) for r in rows}, key=lambda b: (-b[1], -b[0]))
+
+
 def markdown(result: dict, command: str) -> str:
   rows, cfg = result["rows"], result["config"]
-  bits = list(dict.fromkeys((r["w_bits"], r["a_bits"]) for r in rows))
+  bits = bit_pairs(rows)
   methods = list(dict.fromkeys(r["method"] for r in rows))
   n_seeds = len(cfg["seeds"])
 
@@ -146,7 +176,8 @@ def markdown(result: dict, command: str) -> str:
     if not values:
       return "-"
     mean, sd = _report.mean_sd(values)
-    return f"{mean:.4f}" + (f" ± {sd:.4f}" if len(values) > 1 else "")
+    return (f"{mean:.4f}" + (f" ± {sd:.4f}" if len(values) > 1 else "")
+            + (f" (n={len(values)})" if len(values) != n_seeds else ""))
 
   md = "# LM quantization-aware fine-tuning (served test bits per byte)\n\n"
   md += (f"{cfg['steps']} AdamW steps x {cfg['batch_size']} windows from the teacher, "
@@ -157,6 +188,7 @@ def markdown(result: dict, command: str) -> str:
   md += _report.markdown_table(["method"] + [f"W{w}A{a}" for w, a in bits],
                                [[m] + [cell(m, w, a) for w, a in bits] for m in methods])
   md += f"\nFloat teacher on the same windows: {result['float_bpb']:.4f} bpb.\n"
+  md += method_gaps(rows)
   worst = max((r.get("served_minus_fake_max_abs_logit", 0.0) for r in rows), default=0.0)
   worst_bpb = max((abs(r.get("served_minus_fake_bpb_check", 0.0)) for r in rows), default=0.0)
   md += (f"\nServed vs fake on 8 windows: largest |logit difference| {worst:.2e}, largest "
@@ -172,13 +204,36 @@ def markdown(result: dict, command: str) -> str:
   return md
 
 
+def method_gaps(rows: list[dict]) -> str:
+  """Per bit-width, each pair of methods run with >= 2 seeds: the difference of their mean
+  bpb and that difference in units of the larger of the two seed sds."""
+  lines = []
+  for wb, ab in bit_pairs(rows):
+    stats = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+      values = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (m, wb, ab)]
+      if len(values) > 1:
+        stats[m] = (*_report.mean_sd(values), len(values))
+    ranked = sorted(stats, key=lambda m: stats[m][0])
+    for i, a in enumerate(ranked):
+      for b in ranked[i + 1:]:
+        d, sd = stats[b][0] - stats[a][0], max(stats[a][1], stats[b][1])
+        z = d / sd if sd > 0 else float("inf")
+        lines.append(f"- W{wb}A{ab}: {b} - {a} = {d:+.4f} bpb = {z:.1f} sd "
+                     f"(n = {stats[b][2]}, {stats[a][2]}; {'> 3 sd' if z > 3 else 'within 3 sd'})")
+  if not lines:
+    return ""
+  return ("\nMethod gaps (difference of means in units of the larger seed sd of the pair):\n\n"
+          + "\n".join(lines) + "\n")
+
+
 def plot(result: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   rows = result["rows"]
-  bits = list(dict.fromkeys((r["w_bits"], r["a_bits"]) for r in rows))
+  bits = bit_pairs(rows)
   methods = list(dict.fromkeys(r["method"] for r in rows))
   fig, ax = plt.subplots(figsize=(6.5, 4))
   width = 0.8 / max(1, len(methods))
@@ -201,18 +256,34 @@ def plot(result: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: config)")
+  parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="seed values (default: the config's)")
   parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--bits", nargs="+", default=None, metavar="W,A",
+                      help="weight,activation bit pairs in run order (default: the config's)")
+  parser.add_argument("--resume", action="store_true",
+                      help="reuse the rows of the existing (partial) JSON with the same setting")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
+  parser.add_argument("--from-json", action="store_true",
+                      help="rewrite the Markdown/PNG from the existing (partial) JSON, no run")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
   if args.seeds is not None:
-    cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
+    cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
+  if args.bits is not None:
+    cfg = dataclasses.replace(cfg, bits=tuple(tuple(map(int, b.split(","))) for b in args.bits))
   if args.steps is not None:
     cfg = dataclasses.replace(cfg, steps=args.steps)
   start = time.time()
   name = "lm_qat_quick" if args.quick else "lm_qat"
   command = "python -m experiments.lm_qat" + (" --quick" if args.quick else "")
+  if args.from_json:
+    with open(os.path.join(args.out_dir, f"{name}.json")) as f:
+      result = json.load(f)
+    partial = " (partial: the rows run so far)" if result.get("partial") else ""
+    _report.write(name, result, markdown(result, command + partial), out_dir=args.out_dir)
+    plot(result, os.path.join(args.out_dir, f"{name}.png"))
+    return result
 
   def partial(rows, float_bpb):  # results so far, in case the sweep is cut short
     part = {"config": dataclasses.asdict(cfg), "rows": rows, "float_bpb": float_bpb,
@@ -222,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
             "total_seconds": time.time() - start}
     _report.write(name, part, markdown(part, command + " (partial)"), out_dir=args.out_dir)
 
-  result = run(cfg, on_row=partial)
+  done = resumable_rows(cfg, os.path.join(args.out_dir, f"{name}.json")) if args.resume else {}
+  result = run(cfg, on_row=partial, done=done)
   result["total_seconds"] = time.time() - start
   md = markdown(result, command)
   _report.write(name, result, md, out_dir=args.out_dir)

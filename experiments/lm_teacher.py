@@ -27,9 +27,11 @@ from experiments.lm_common import (TrainConfig, bits_per_byte, load_corpus, load
 
 FULL = TrainConfig(model=LM(width=128, depth=4, heads=4, max_len=128), steps=1200,
                    batch_size=32, lr=3e-3, warmup=100)
-QUICK = TrainConfig(model=LM(width=64, depth=2, heads=4, max_len=128), steps=120,
-                    batch_size=16, lr=3e-3, warmup=20)
-QUICK_EVAL_WINDOWS = 512  # --quick evaluates the first 512 windows of each split
+# CI-sized: one narrow block and few steps, so the quick paths of every LM script (which read
+# this teacher) compile and run in seconds; its bpb is far from converged.
+QUICK = TrainConfig(model=LM(width=32, depth=1, heads=4, max_len=128), steps=40,
+                    batch_size=8, lr=3e-3, warmup=5)
+QUICK_EVAL_WINDOWS = 64  # --quick evaluates the first 64 windows of each split
 
 
 def unigram_bpb(train: np.ndarray, test: np.ndarray) -> float:
@@ -103,10 +105,11 @@ def markdown(result: dict, command: str) -> str:
   return md
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny model, few steps (< 2 min)")
+  parser.add_argument("--quick", action="store_true", help="tiny model, few steps (seconds)")
   parser.add_argument("--retrain", action="store_true", help="ignore a cached teacher")
+  parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
   args = parser.parse_args(argv)
   cfg, name = (QUICK, "teacher_quick") if args.quick else (FULL, "teacher")
   start = time.time()
@@ -114,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
   result["total_seconds"] = time.time() - start
   command = "python -m experiments.lm_teacher" + (" --quick" if args.quick else "")
   md = markdown(result, command)
-  _report.write("lm_teacher_quick" if args.quick else "lm_teacher", result, md)
+  _report.write("lm_teacher_quick" if args.quick else "lm_teacher", result, md,
+                out_dir=args.out_dir)
   print(md)
+  return result
 
 
 if __name__ == "__main__":
