@@ -122,7 +122,7 @@ def _export(args: argparse.Namespace) -> None:
            ("model.onnx", "onnx_bytes")]
   for name, key in files:
     if key in r:
-      print(f"  {name:<27} {r[key]:>12,} B  ({r[key] / r['float_bytes']:.2f}x the float "
+      print(f"  {name:<30} {r[key]:>9,} B  ({r[key] / r['float_bytes']:.2f}x the float "
             f"parameters, {r['float_bytes']:,} B)")
   for name, label in (("stablehlo", "StableHLO"), ("onnx", "ONNX (onnxruntime)")):
     if f"{name}_max_abs_diff" in r:
