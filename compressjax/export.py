@@ -25,8 +25,9 @@ input, every site's served output equals fake-quant's to float summation order (
 <= 1e-6 relative, tested at 1e-5). The int8 paths sum exactly where fake-quant sums floats, so
 a value that the next activation quantizer sees within an ulp of a rounding tie can round one
 code apart; that code then moves later sites' inputs, which can flip more codes downstream (a
-cascade: on a QAT fine-tuned W4A4 LM, 1 code of 130k differs at the 15th site, 2% of the
-head's input codes at the 25th; single logits move by up to 1.8 while the bpb agrees to 1e-3).
+cascade: on QAT fine-tuned W4A8 / W4A4 LMs the first code differs at site 8 / 15 of 25, and
+1-2% of the last block's input codes; single logits move by up to 1.8 while the bpb agrees to
+1e-3; ``experiments/lm_serve_agreement.py``).
 NaN inputs give NaN in the same outputs (the integer paths put them back).
 """
 
