@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import shutil
 import time
@@ -45,7 +44,7 @@ import jax
 import numpy as np
 import optax
 
-from compressjax import kernels, prune
+from compressjax import cost, kernels, prune
 from compressjax._story_report import markdown, plot
 from compressjax.config import Config, get_config
 from compressjax.core import Compression, KeepZeros, compress, discover, keep_zeros
@@ -106,61 +105,6 @@ class Story:
                        "allowed: >= 1")
 
 
-FLOAT_BITS = 32  # a float operand counts 32 bits in BitOPs
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteCost:
-  """Per-example MACs and weight count of one weight site (from the traced op's shapes)."""
-
-  name: str  # "conv1/kernel"
-  module: str
-  op: str
-  param: str
-  macs: int
-  params: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-  """MACs/params of the weight sites of a model, BitOPs from per-site bits."""
-
-  sites: tuple[SiteCost, ...]
-  total_params: int
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    return tuple(s.name for s in self.sites)
-
-  @property
-  def macs(self) -> int:
-    return sum(s.macs for s in self.sites)
-
-  def bitops_per_site(self, w_bits: dict, a_bits: dict) -> dict[str, int]:
-    bits = lambda b: FLOAT_BITS if b is None else b
-    return {s.name: s.macs * bits(w_bits.get(s.name)) * bits(a_bits.get(s.name))
-            for s in self.sites}
-
-  def bitops(self, w_bits: dict | None, a_bits: dict | None) -> int:
-    return sum(self.bitops_per_site(w_bits or {}, a_bits or {}).values())
-
-
-def profile_sites(sites: Sequence[Any], params: Any) -> Profile:
-  """The :class:`Profile` of ``sites`` (discovered on ONE example) and a params tree."""
-  rows = []
-  for site in sites:
-    if not site.has_weight:
-      continue
-    lhs, rhs = (jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(site.shapes, site.dtypes))
-    out = jax.eval_shape(site.bind, lhs, rhs).shape
-    w = site.weight_index
-    contract = math.prod(site.shapes[w][a] for a in site.contracting(w))
-    rows.append(SiteCost(site.name, site.module, site.op, site.param,
-                         int(math.prod(out) * contract), int(math.prod(site.shapes[w]))))
-  total = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-  return Profile(tuple(rows), total)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Teacher:
   """The trained float model with what every compressed model starts from."""
@@ -170,7 +114,7 @@ class _Teacher:
   accuracy: float  # on the test split, measured like every compressed model's
   examples: np.ndarray  # training images that initialise the quantizers
   sites: list  # discovered on the examples
-  profile: Profile  # per example
+  profile: cost.Profile  # per example
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -280,7 +224,7 @@ def _load_teacher(cfg: Config, float_dir: str) -> _Teacher:
   images, labels = _test_split(s)
   examples = init_examples(s.dataset.train)
   sites = discover(s.model, examples, train=False)
-  profile = profile_sites(discover(s.model, examples[:1], train=False), variables["params"])
+  profile = cost.profile(s.model, examples[:1], train=False)
   return _Teacher(s, variables, _accuracy(_logits(s.model, variables, images), labels), examples,
                   sites, profile)
 
@@ -339,7 +283,7 @@ def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
   served = _logits(serving_model, serving_vars, images)
   paths = serving_paths(serving_model, serving_vars, images[:1], train=False)
   dense = {site.name: kernels.choose_backend(len(images), kernel)
-           for site in teacher.profile.sites if site.op == "dot_general"
+           for site in teacher.profile.sites if site.kind == "dot_general"
            for kernel in [_served_weight(serving_vars, site.name)]
            if isinstance(kernel, QArray)}
   from compressjax.artifacts import write_artifacts  # pylint: disable=g-import-not-at-top
@@ -388,8 +332,8 @@ def _model_entry(teacher: _Teacher, label: str, m: _Compressed, served: dict,
                  timings: dict[str, float]) -> dict[str, Any]:
   """A compressed model's row: served and fake-quant accuracy, bytes, BitOPs, bits, checks."""
   w_bits, a_bits = site_bits(m.rules, teacher.sites)
-  w_bits = {k: v for k, v in w_bits.items() if k in teacher.profile.names}
-  a_bits = {k: v for k, v in a_bits.items() if k in teacher.profile.names}
+  w_bits = {k: v for k, v in w_bits.items() if k in teacher.profile.paths}
+  a_bits = {k: v for k, v in a_bits.items() if k in teacher.profile.paths}
   return {
       "name": m.name, "label": label, "accuracy": served["served_accuracy"],
       "fake_quant_accuracy": served["fake_quant_accuracy"],
@@ -440,8 +384,8 @@ def _summary(story: Story, teacher: _Teacher, trained: dict, baselines: dict,
 
   paths = served["serving_paths"]
   layers = [{
-      "site": site.name, "module": site.module, "op": site.op, "macs": site.macs,
-      "params": site.params,
+      "site": site.name, "module": site.module, "op": site.kind, "macs": site.macs,
+      "params": site.kernel_params,
       "serving_path": paths.get(site.name, ["float", ""])[0],
       "serving_why": paths.get(site.name, ["float", ""])[1],
       "w_bits": entry["w_bits"][site.name], "a_bits": entry["a_bits"][site.name],
