@@ -11,7 +11,8 @@ new statistics and the BatchNorms recomputed once more (:data:`PASSES` rounds), 
 ranges and normalisation agree.
 
 Default (``recalibrate_bn=None``): only when a rule transforms weights (act-only rules such as
-input recorders leave the float model's statistics alone). Models without BatchNorm are left as
+input recorders leave the float model's statistics alone) and the compression has no
+interceptors (AdaBits' switchable BatchNorm starts every per-bit copy from the float statistics). Models without BatchNorm are left as
 they are (LayerNorm / no normalisation need no statistics; a weight transform that rescales their
 outputs is for QAT to absorb). A BatchNorm called with an explicit ``use_running_average=`` in
 NNX keeps it (NNX's call argument wins over the attribute).
@@ -19,7 +20,6 @@ NNX keeps it (NNX's call argument wins over the attribute).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -28,13 +28,15 @@ PASSES = 2  # (recompute BatchNorm, re-initialise transform state) rounds, Batch
 BATCH_STATS = "batch_stats"
 
 
-def wanted(option: bool | None, rules: Sequence[Any]) -> bool:
-  """Whether init-from-float recalibrates: ``option``, or (None) when a rule transforms weights."""
+def wanted(option: bool | None, spec: Any) -> bool:
+  """Whether init-from-float recalibrates: ``option``, or (None) when a rule of ``spec`` (a
+  :class:`~compressjax.core.compress.Compression`) transforms weights and no interceptor manages
+  normalisation layers itself (AdaBits' switchable BatchNorm keeps one float copy per bit-width)."""
   if option is not None:
     if not isinstance(option, bool):
       raise TypeError(f"recalibrate_bn={option!r}; expected True, False or None (automatic)")
     return option
-  return any(rule.weight is not None for rule in rules)
+  return not spec.interceptors and any(rule.weight is not None for rule in spec.rules)
 
 
 def batch_statistics_bn(next_fun, args, kwargs, context):

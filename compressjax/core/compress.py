@@ -550,7 +550,7 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
     return bn_recalibrate.linen_batch_stats(model, variables, a, k)
 
   new = build(variables, rng, dyn)
-  if bn_recalibrate.wanted(recalibrate_bn, model.compression.rules) and (
+  if bn_recalibrate.wanted(recalibrate_bn, model.compression) and (
       bn_recalibrate.BATCH_STATS in variables):
     for i in range(bn_recalibrate.PASSES):
       new = recalibrate(new, dyn)

@@ -57,7 +57,7 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
 
   method = kwargs.pop("method", "__call__")
   spec = Compression(check_rules(rules), checks=check_flag(kwargs.pop("checks", False)))
-  recalibrate = bn_recalibrate.wanted(kwargs.pop("recalibrate_bn", None), spec.rules)
+  recalibrate = bn_recalibrate.wanted(kwargs.pop("recalibrate_bn", None), spec)
   graphdef, model_state = nnx.split(model)
   dyn, rebuild = split_dynamic((args, kwargs))
 
