@@ -119,6 +119,8 @@ def report_every_layer(records, float_epochs, qat_epochs, out_dir, name="quantiz
   acc = lambda s: [r["accuracy"] for r in records
                    if (r["method"], r.get("w_bits"), r.get("a_bits")) == s]
   done = [s for s in EVERY_LAYER if acc(s)]
+  if not done:  # only float models so far
+    return None, ""
   stats = {s: _report.mean_sd(acc(s)) for s in done}
   best = max(done, key=lambda s: stats[s][0])
   floats = [r["accuracy"] for r in records if r["method"] == "float"]
@@ -137,7 +139,9 @@ def report_every_layer(records, float_epochs, qat_epochs, out_dir, name="quantiz
         "(DoReFa's sign(w) E|w|). Last column: whether the mean lies within one sd (the best "
         "setting's) of the best mean.\n\n"
         + _report.markdown_table(["method", "bits", "test accuracy (%)",
-                                  "within 1 sd of the best"], rows))
+                                  "within 1 sd of the best"], rows)
+        + f"\n`python -m experiments.quantization --every-layer --seeds "
+        f"{' '.join(map(str, seeds))}`\n")
   paths = _report.write(name, {"records": records, "seeds": seeds, "settings": done,
                                "float_epochs": float_epochs, "qat_epochs": qat_epochs,
                                "edge_bits": None}, md, out_dir)
