@@ -110,6 +110,18 @@ def test_import_compressjax_stays_light():
   assert not heavy, f"`import compressjax` imports {heavy}; import them where they are used"
 
 
+def test_train_names_load_their_modules_on_demand():
+  # data and config need train's light modules only: the [data] extra works without [train]
+  loaded = _run("import sys, compressjax.config, compressjax.data, compressjax.train.steps\n"
+                "import compressjax.train as t\n"
+                "assert sorted(t.__all__) == sorted(n for n in dir(t) if n in t.__all__)\n"
+                "print(' '.join(sys.modules))").split()
+  assert "orbax" not in {m.split(".")[0] for m in loaded}
+  assert "compressjax.train.checkpoint" not in loaded
+  assert _run("from compressjax.train import fit, Checkpoints; print(fit.__module__)").strip() \
+      == "compressjax.train.loop"
+
+
 def test_subpackages_are_attributes_imported_on_demand():
   _run("import sys, compressjax as cj\n"
        f"lazy = {LAZY!r}\n"

@@ -7,72 +7,72 @@ Everything takes plain arguments (a model, a split, an optimizer, settings, numb
 a dataset or zoo model from a ``Config`` is the applications' job (:mod:`compressjax.runs`).
 Needs the ``[train]`` extra (orbax-checkpoint, tqdm). May import core, the methods and export;
 never ``config``, ``data``, ``models`` or other applications (``tests/test_layering.py``).
+Names are imported from their modules on first use (PEP 562), so the light modules
+(``batching``, ``settings``, ``steps``) load without orbax or tqdm.
 """
 
-from compressjax.train.batching import (ArraySplit, Augment, Split, batches, epoch_order,
-                                        steps_per_epoch)
-from compressjax.train.checkpoint import (Checkpoints, check_compatible, load_checkpoint,
-                                          restore_variables)
-from compressjax.train.evaluate import evaluate, pad_batch
-from compressjax.train.loop import FitResult, fit, total_steps
-from compressjax.train.mesh import initialize_distributed, make_mesh
-from compressjax.train.metrics_log import MetricsLog, read_metrics
-from compressjax.train.optim import decay_mask, make_optimizer, make_schedule
-from compressjax.train.prefetch import prefetch
-from compressjax.train.settings import MeshConfig, OptimConfig, TrainConfig
-from compressjax.train.sharding import (batch_sharding, check_batch_size, state_shardings,
-                                        tree_shardings, with_shardings)
-from compressjax.train.state import (TrainState, Variables, create_train_state, param_count,
-                                     state_from_variables)
-from compressjax.train.steps import (EvalStep, LossFn, TrainStep, accuracy, apply_gradients,
-                                     apply_model, cross_entropy, make_eval_step, make_train_step,
-                                     split_loss, step_rng)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ArraySplit",
-    "Augment",
-    "Checkpoints",
-    "EvalStep",
-    "FitResult",
-    "LossFn",
-    "MeshConfig",
-    "MetricsLog",
-    "OptimConfig",
-    "Split",
-    "TrainConfig",
-    "TrainState",
-    "TrainStep",
-    "Variables",
-    "accuracy",
-    "apply_gradients",
-    "apply_model",
-    "batch_sharding",
-    "batches",
-    "check_batch_size",
-    "check_compatible",
-    "create_train_state",
-    "cross_entropy",
-    "decay_mask",
-    "epoch_order",
-    "evaluate",
-    "fit",
-    "initialize_distributed",
-    "load_checkpoint",
-    "make_eval_step",
-    "make_mesh",
-    "make_optimizer",
-    "make_schedule",
-    "make_train_step",
-    "pad_batch",
-    "param_count",
-    "prefetch",
-    "read_metrics",
-    "restore_variables",
-    "split_loss",
-    "state_from_variables",
-    "state_shardings",
-    "steps_per_epoch",
-    "tree_shardings",
-    "total_steps",
-    "with_shardings",
-]
+_EXPORTS = {  # public name -> its module
+    "ArraySplit": "batching",
+    "Augment": "batching",
+    "Checkpoints": "checkpoint",
+    "EvalStep": "steps",
+    "FitResult": "loop",
+    "LossFn": "steps",
+    "MeshConfig": "settings",
+    "MetricsLog": "metrics_log",
+    "OptimConfig": "settings",
+    "Split": "batching",
+    "TrainConfig": "settings",
+    "TrainState": "state",
+    "TrainStep": "steps",
+    "Variables": "state",
+    "accuracy": "steps",
+    "apply_gradients": "steps",
+    "apply_model": "steps",
+    "batch_sharding": "sharding",
+    "batches": "batching",
+    "check_batch_size": "sharding",
+    "check_compatible": "checkpoint",
+    "create_train_state": "state",
+    "cross_entropy": "steps",
+    "decay_mask": "optim",
+    "epoch_order": "batching",
+    "evaluate": "evaluate",
+    "fit": "loop",
+    "initialize_distributed": "mesh",
+    "load_checkpoint": "checkpoint",
+    "make_eval_step": "steps",
+    "make_mesh": "mesh",
+    "make_optimizer": "optim",
+    "make_schedule": "optim",
+    "make_train_step": "steps",
+    "pad_batch": "evaluate",
+    "param_count": "state",
+    "prefetch": "prefetch",
+    "read_metrics": "metrics_log",
+    "restore_variables": "checkpoint",
+    "split_loss": "steps",
+    "state_from_variables": "state",
+    "state_shardings": "sharding",
+    "step_rng": "steps",
+    "steps_per_epoch": "batching",
+    "total_steps": "loop",
+    "tree_shardings": "sharding",
+    "with_shardings": "sharding",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'compressjax.train' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"compressjax.train.{_EXPORTS[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_EXPORTS})
