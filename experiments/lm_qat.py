@@ -51,7 +51,7 @@ class Config:
   teacher: str = "teacher"
   methods: tuple[str, ...] = METHODS
   bits: tuple[tuple[int, int], ...] = ((4, 8), (3, 8), (2, 8), (4, 4))
-  seeds: tuple[int, ...] = (0,)
+  seeds: tuple[int, ...] = (0, 1, 2)
   steps: int = 100
   batch_size: int = 16
   lr: float = 5e-4
@@ -160,6 +160,12 @@ def run(cfg: Config, on_row=None, done: dict[tuple, dict] | None = None) -> dict
                       "load_average_1min_at_end": os.getloadavg()[0]}}
 
 
+def bpb_of(rows: list[dict], method: str, w_bits: int, a_bits: int) -> list[float]:
+  """The test bpb of every seed run of ``method`` at W``w_bits``A``a_bits``."""
+  return [r["test_bpb"] for r in rows
+          if (r["method"], r["w_bits"], r["a_bits"]) == (method, w_bits, a_bits)]
+
+
 def bit_pairs(rows: list[dict]) -> list[tuple[int, int]]:
   """The (w_bits, a_bits) of ``rows``, activation bits then weight bits descending."""
   return sorted({(r["w_bits"], r["a_bits"]) for r in rows}, key=lambda b: (-b[1], -b[0]))
@@ -172,7 +178,7 @@ def markdown(result: dict, command: str) -> str:
   n_seeds = len(cfg["seeds"])
 
   def cell(method, wb, ab):
-    values = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (method, wb, ab)]
+    values = bpb_of(rows, method, wb, ab)
     if not values:
       return "-"
     mean, sd = _report.mean_sd(values)
@@ -211,7 +217,7 @@ def method_gaps(rows: list[dict]) -> str:
   for wb, ab in bit_pairs(rows):
     stats = {}
     for m in dict.fromkeys(r["method"] for r in rows):
-      values = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (m, wb, ab)]
+      values = bpb_of(rows, m, wb, ab)
       if len(values) > 1:
         stats[m] = (*_report.mean_sd(values), len(values))
     ranked = sorted(stats, key=lambda m: stats[m][0])
@@ -240,7 +246,7 @@ def plot(result: dict, path: str) -> None:
   for i, method in enumerate(methods):
     means, sds = [], []
     for wb, ab in bits:
-      vals = [r["test_bpb"] for r in rows if (r["method"], r["w_bits"], r["a_bits"]) == (method, wb, ab)]
+      vals = bpb_of(rows, method, wb, ab)
       mean, sd = _report.mean_sd(vals) if vals else (float("nan"), 0.0)
       means.append(mean)
       sds.append(sd)
