@@ -89,8 +89,9 @@ def describe(g: Generator, variables: Any, example: np.ndarray) -> dict[str, Any
           "down_widths": g.down_widths, "block_widths": g.block_widths, "up_widths": g.up_widths}
 
 
-def run(cfg: Config) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Trains everything; returns the records and the seed-0 outputs on the held-out images."""
+def run(cfg: Config, teacher_only: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Trains the teacher and (unless ``teacher_only``) every student; returns the records and
+  the seed-0 outputs on the held-out images."""
   data = train_patches(cfg.task, cfg.num_patches, cfg.patch_size, seed=0,
                        short_side=cfg.short_side)
   test = heldout_pairs(cfg.task, short_side=cfg.short_side)
@@ -114,6 +115,8 @@ def run(cfg: Config) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                         "time_s": time.time() - t0}
   print(f"teacher: {records['teacher']}", flush=True)
 
+  if teacher_only:
+    return records, images
   for ratio in cfg.ratios:
     pruned = cat_prune(teacher, t_vars, x0, records["teacher"]["macs"] / ratio, cfg.min_width)
     student = pruned.generator
@@ -203,8 +206,21 @@ def save_grid(images: dict[str, np.ndarray], path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 20 steps)")
+  parser.add_argument("--steps", type=int, default=None, help="teacher and student steps")
+  parser.add_argument("--teacher-only", action="store_true",
+                      help="train and score the teacher alone (vs the grey input): cat_teacher.json")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
+  if args.steps is not None:
+    cfg = dataclasses.replace(cfg, steps=args.steps)
+  if args.teacher_only:
+    records, _ = run(cfg, teacher_only=True)
+    t, g = records["teacher"], records["grey_input"]
+    _report.write("cat_teacher", {"config": dataclasses.asdict(cfg), "records": records},
+                  f"# CAT teacher alone, {cfg.steps} steps\n\nheld-out PSNR {t['psnr']:.2f} dB "
+                  f"(grey input {g['psnr']:.2f} dB), SSIM {t['ssim']:.4f} ({g['ssim']:.4f}). "
+                  f"`python -m experiments.cat --teacher-only --steps {cfg.steps}`\n")
+    return
   name = "cat_quick" if args.quick else "cat"
   t0 = time.time()
   records, images = run(cfg)
