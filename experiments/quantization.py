@@ -165,7 +165,7 @@ def main():
   parser.add_argument("--partial", action="store_true", help="write this run's records only")
   parser.add_argument("--merge", action="store_true", help="report all partial records")
   parser.add_argument("--every-layer", action="store_true",
-                      help="EVERY_LAYER settings with no layer kept at 8 bits (give --seeds 0 1 2 3 4)")
+                      help="EVERY_LAYER settings, no layer kept at 8 bits (--seeds 0 1 2 3 4)")
   parser.add_argument("--out", default=_report.RESULTS_DIR)
   args = parser.parse_args()
   if args.every_layer:
