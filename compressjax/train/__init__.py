@@ -14,6 +14,11 @@ Names are imported from their modules on first use (PEP 562), so the light modul
 import importlib
 from typing import Any
 
+# Functions named like their (light) modules, bound now: importing the submodule later (as the
+# loop does) would otherwise leave the module, not the function, under that name.
+from compressjax.train.evaluate import evaluate
+from compressjax.train.prefetch import prefetch
+
 _EXPORTS = {  # public name -> its module
     "ArraySplit": "batching",
     "Augment": "batching",

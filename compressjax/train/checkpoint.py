@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from compressjax.core.tree_paths import key_name
 from compressjax.train.state import TrainState, Variables
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -112,14 +113,7 @@ def _placed(target: Any) -> Any:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
-
-
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+  return {"/".join(key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def check_compatible(saved: Any, target: Any, where: str) -> None:

@@ -31,7 +31,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from compressjax.core.compress import SITE_PARAMS, STATS
-from compressjax.train.checkpoint import _key_name
+from compressjax.core.tree_paths import key_name
 from compressjax.train.mesh import BATCH_AXES, FSDP_AXIS
 
 _OPERANDS = ("weight", "input")
@@ -45,7 +45,7 @@ class _Owner:
 
 
 def _names(path: Any) -> tuple[str, ...]:
-  return tuple(_key_name(k) for k in path)
+  return tuple(key_name(k) for k in path)
 
 
 def _site_root(names: tuple[str, ...]) -> int | None:
