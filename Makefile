@@ -15,10 +15,10 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/compressjax demo
 
-# --dist worksteal: a worker that runs out of tests takes queued ones from the other, so the
-# few minute-long tests (story, sharding, notebooks) do not pile up at the end of one worker.
+# --dist loadfile: each test file runs on one worker, so a module fixture (the demo story, the
+# LM quick runs, the sharding subprocesses) runs once, not once per worker that takes its tests.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=15 tests
 
 experiments: $(BIN)/.installed
 	$(BIN)/python -m experiments.run_all $(ARGS)

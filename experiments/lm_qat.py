@@ -60,8 +60,8 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", methods=("lsq",), bits=((4, 8),), steps=3, batch_size=4,
-               warmup=1, eval_windows=16)
+QUICK = Config(teacher="teacher_quick", methods=("lsq",), bits=((4, 8),), seeds=(0,), steps=3,
+               batch_size=4, warmup=1, eval_windows=16)
 
 
 def rules_for(method: str, w_bits: int, a_bits: int) -> list[Rule]:
