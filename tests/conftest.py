@@ -1,4 +1,4 @@
-"""Shared test fixtures: small deterministic models and a toy quantizer."""
+"""Shared test fixtures: small deterministic models and a toy quantizer; the longest files first."""
 
 import dataclasses
 
@@ -9,6 +9,17 @@ import pytest
 
 from compressjax.quant.base import Quantizer
 from compressjax.qarray import QArray
+
+# Files that take a minute or more (module fixtures: the demo story, the LM quick runs, the
+# sharding subprocesses; the notebooks). `make test` runs files whole on two workers
+# (--dist loadfile), in collection order: starting with these, the workers end together.
+LONGEST_FILES = ("test_lm_experiments.py", "test_notebooks.py", "test_pipeline.py",
+                 "test_train_sharding.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: order kept otherwise
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
