@@ -16,7 +16,6 @@ generated tokens of all sequences.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compressjax as cj  # pylint: disable=g-import-not-at-top
+from benchmarks import _results
 from compressjax import kernels
 from compressjax.core import Rule
 from compressjax.core.matching import UnusedRuleWarning
@@ -38,7 +38,6 @@ from compressjax.quant.uniform import Uniform
 from experiments.lm_common import load_corpus, require_teacher
 from experiments.lm_decode import check_against_forward, generate
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def served(model, params, bits: int, group: int | None, example):
@@ -102,12 +101,7 @@ def main(argv=None) -> dict:
   result = {"device": str(dev), "device_kind": dev.device_kind, "backend": jax.default_backend(),
             "cpus": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
             "load_average_1min_at_end": os.getloadavg()[0], "quick": args.quick, "rows": rows}
-  out = args.out or os.path.join(RESULTS, f"decode_{jax.default_backend()}"
-                                 f"{'_quick' if args.quick else ''}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
+  _results.save(result, "decode", quick=args.quick, out=args.out)
   return result
 
 

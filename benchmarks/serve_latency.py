@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compressjax as cj  # pylint: disable=g-import-not-at-top
+from benchmarks import _results
 from compressjax.core import Rule, discover
 from compressjax.export import serving_paths
 from compressjax.models import get_model
@@ -42,7 +42,6 @@ from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.lsq import LSQ
 from compressjax.quant.recipes import recipe_rules
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MODELS = {"cnn": (8, 8, 1), "resnet20": (32, 32, 3), "vit": (8, 8, 1)}
 
 
@@ -153,12 +152,7 @@ def main(argv=None) -> dict:
   result = {"device": jax.devices()[0].device_kind, "host": platform.processor() or
             platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__,
             "quick": args.quick, "models": rows, "ops": ops}
-  out = args.out or os.path.join(
-      RESULTS, f"serve_latency_{jax.default_backend()}{'_quick' if args.quick else ''}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"saved {out}")
+  _results.save(result, "serve_latency", quick=args.quick, out=args.out)
   return result
 
 

@@ -20,6 +20,7 @@ NNX keeps it (NNX's call argument wins over the attribute).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +38,16 @@ def wanted(option: bool | None, spec: Any) -> bool:
       raise TypeError(f"recalibrate_bn={option!r}; expected True, False or None (automatic)")
     return option
   return not spec.interceptors and any(rule.weight is not None for rule in spec.rules)
+
+
+def alternate(state: Any, recompute: Callable[[Any], Any], initialise: Callable[[Any], Any]):
+  """:data:`PASSES` rounds of ``state = recompute(state)`` (the BatchNorm statistics), with
+  ``state = initialise(state)`` (the transform state) between rounds, so BatchNorm comes last."""
+  for i in range(PASSES):
+    state = recompute(state)
+    if i + 1 < PASSES:
+      state = initialise(state)
+  return state
 
 
 def batch_statistics_bn(next_fun, args, kwargs, context):

@@ -552,8 +552,6 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
   new = build(variables, rng, dyn)
   if bn_recalibrate.wanted(recalibrate_bn, model.compression) and (
       bn_recalibrate.BATCH_STATS in variables):
-    for i in range(bn_recalibrate.PASSES):
-      new = recalibrate(new, dyn)
-      if i + 1 < bn_recalibrate.PASSES:
-        new = build(new, rng, dyn)
+    new = bn_recalibrate.alternate(new, lambda v: recalibrate(v, dyn),
+                                   lambda v: build(v, rng, dyn))
   return new

@@ -72,12 +72,15 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
       # A second merged copy in batch-statistics mode writes its BatchNorm statistics into m.
       recal = nnx.merge(graphdef, nnx.state(m))
       if bn_recalibrate.nnx_batch_statistics_mode(recal):
-        for i in range(bn_recalibrate.PASSES):
-          _call(recal, spec, {"params": params, "stats": stats}, method, a, k, init=False,
+
+        def recompute(state):
+          _call(recal, spec, dict(zip(("params", "stats"), state)), method, a, k, init=False,
                 update_stats=False)
           nnx.update(m, nnx.state(recal, nnx.BatchStat))
-          if i + 1 < bn_recalibrate.PASSES:
-            params, stats = init_state()
+          return state
+
+        params, stats = bn_recalibrate.alternate((params, stats), recompute,
+                                                 lambda _: init_state())
     return (params, stats), nnx.state(m)
 
   (params, stats), new_model_state = init(model_state, dyn)
