@@ -9,7 +9,8 @@ swapped for subclasses that record their outputs; state updates (BatchNorm stati
 written back to the model. A compressed NNX module records on the copy its compressed call
 traces, so its features are the compressed ones, as for Linen. A module's feature is the output of its ``__call__`` (of its last
 call when it is called more than once). Works under ``jit``; the path check happens while
-tracing. Modules inside Linen lifted transforms (``nn.scan``) cannot be tapped.
+tracing. Modules inside lifted transforms (Linen ``nn.scan``, NNX ``nnx.scan`` / ``nnx.vmap``)
+cannot be tapped (in NNX their output would be a value of the transform's inner trace).
 """
 
 from __future__ import annotations

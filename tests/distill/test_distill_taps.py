@@ -123,3 +123,39 @@ def _fake_kernel(cm, net):
   rule = cm.compression.rules[0]
   params = {"step": cm.site_params["a"]["kernel"]["weight"]["step"][...]}
   return rule.weight.fake(net.a.kernel[...], params, {})
+
+
+def test_taps_of_a_compressed_nnx_custom_einsum_layer_beside_a_scanned_stack():
+  import jax.numpy as jnp
+  from flax import nnx
+
+  class Custom(nnx.Module):
+    def __init__(self, rngs):
+      self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 6)))
+
+    def __call__(self, x):
+      return jnp.einsum("bi,io->bo", x, self.w[...])
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.custom = Custom(rngs)
+
+      @nnx.split_rngs(splits=3)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make(rngs):
+        return nnx.Linear(6, 6, rngs=rngs)
+
+      self.stack = make(rngs)
+
+    def __call__(self, x):
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      def body(layer, x):
+        return jnp.tanh(layer(x))
+
+      return body(self.stack, self.custom(x))
+
+  net, x = Net(nnx.Rngs(0)), jax.random.normal(jax.random.key(1), (3, 4))
+  cm = compress(net, [Rule(pattern=".", weight=LSQ(bits=2))], x)
+  out, feats, _ = apply_with_taps(cm, None, x, paths=["custom"])
+  np.testing.assert_allclose(out, cm(x), rtol=1e-6)
+  assert not np.allclose(feats["custom"], net.custom(x), atol=1e-3)  # its 2-bit einsum output
