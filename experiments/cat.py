@@ -10,32 +10,46 @@ at or under the target; min width 4 for down/up layers (the paper's 16 is larger
 tiny teacher's stem); students re-initialised (N(0, 0.02), gamma N(1, 0.02)) and trained for as
 many steps as the teacher, with the same losses plus, for the distilled ones, weight *
 (-sum KA) or weight * sum MSE(1x1 adaptor(student), teacher) on the 4 block outputs.
-One teacher (seed 0); every student configuration runs with each seed (student and
-discriminator init, batch order). MACs are per 32x32 example.
+One teacher (seed 0), trained for ``teacher_steps`` (a pretrained model, as in the paper), with
+its held-out and training-image PSNR/SSIM recorded every ``eval_every`` steps; every student
+configuration runs with each seed (student and discriminator init, batch order) for ``steps``.
+The generator's GAN term can be weighted, switched off (``--gan-weight 0``) or delayed
+(``--gan-warmup``), and the discriminator given its own learning rate (``--d-lr``): a
+discriminator that wins early leaves the generator at the grey input's PSNR. References: the
+grey input itself (the baseline) and a per-channel affine colour map fitted on the training
+pixels (no network). MACs are per 32x32 example.
 
-  python -m experiments.cat            # results/cat.{json,md,png}
-  python -m experiments.cat --quick    # CI-sized: results/cat_quick.*
+  python -m experiments.cat                  # results/cat.{json,md,png} and cat_teacher.*
+  python -m experiments.cat --teacher-only   # results/cat_teacher.{json,md}
+  python -m experiments.cat --quick          # CI-sized: results/cat_quick.*, cat_teacher_quick.*
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import jax
 import numpy as np
 import optax
+from flax import serialization
 
-from compressjax.data.image_pairs import ImagePairs, heldout_pairs, pair_batches, train_patches
+from compressjax.data.image_pairs import (TRAIN_IMAGES, ImagePairs, centre_crops, heldout_pairs,
+                                          pair_batches, train_patches)
 from compressjax.distill.cat import cat_prune, generator_macs
-from compressjax.distill.image_metrics import psnr, ssim
-from compressjax.distill.pix2pix import (FeatureDistill, GanState, generate, generator_variables,
-                                         image_scores, init_gan_state, make_gan_step)
+from compressjax.distill.pix2pix import (FeatureDistill, GanState, evaluate_generator, generate,
+                                         generator_variables, image_scores, init_gan_state,
+                                         make_gan_step)
 from compressjax.models.discriminator import PatchDiscriminator
 from compressjax.models.generator import DEFAULT_BRANCHES, Branch, Generator, uniform_generator
 from compressjax.train import param_count
@@ -56,10 +70,15 @@ class Config:
   branch_width: int = 16
   branches: tuple[Branch, ...] = DEFAULT_BRANCHES
   ndf: int = 8
-  steps: int = 600
+  steps: int = 600  # every student
+  teacher_steps: int = 3000
   batch_size: int = 16
   lr: float = 1e-3
+  d_lr: float = 1e-3  # discriminator
   lambda_recon: float = 100.0
+  gan_weight: float = 1.0  # 0: L1 (+ distillation) alone
+  gan_warmup: int = 0  # steps of L1 alone (GAN weight 0) before gan_weight applies
+  eval_every: int = 500  # teacher: held-out and training-image scores every so many steps
   ratios: tuple[int, ...] = (4, 8)
   min_width: int = 4
   distill_weight: float = 1.0
@@ -68,20 +87,48 @@ class Config:
 FULL = Config()
 # CI-sized: a 2-branch generator compiles much faster than the 6-branch one.
 QUICK = Config(seeds=(0,), num_patches=128, ngf=4, branch_width=4,
-               branches=(("conv", 3), ("dw", 3)), steps=10, ratios=(2,), min_width=2)
+               branches=(("conv", 3), ("dw", 3)), steps=10, teacher_steps=10, ratios=(2,),
+               min_width=2, gan_warmup=5, eval_every=5)
 
 
-def train(cfg: Config, step, state: GanState, data: ImagePairs, seed: int) -> tuple[GanState, dict]:
-  """``cfg.steps`` steps over shuffled epochs of ``data``; returns the state and last metrics."""
+def train(cfg: Config, step, state: GanState, data: ImagePairs, seed: int, steps: int,
+          every: int = 0, on_eval: Callable[[int, GanState], None] | None = None
+          ) -> tuple[GanState, dict]:
+  """``steps`` steps over shuffled epochs of ``data``, calling ``on_eval(n, state)`` every
+  ``every`` steps (0: never); returns the state and the last step's metrics."""
   n, epoch, metrics = 0, 0, {}
-  while n < cfg.steps:
+  while n < steps:
     for x, y in pair_batches(data, cfg.batch_size, seed=seed, epoch=epoch):
       state, metrics = step(state, x, y)
       n += 1
-      if n == cfg.steps:
+      if on_eval is not None and every and (n % every == 0 or n == steps):
+        on_eval(n, state)
+      if n == steps:
         break
     epoch += 1
   return state, {k: float(v) for k, v in metrics.items()}
+
+
+def gan_schedule(cfg: Config) -> float | Callable[[Any], Any]:
+  """The generator's GAN weight: ``cfg.gan_weight``, after ``cfg.gan_warmup`` steps of 0."""
+  if not cfg.gan_warmup:
+    return cfg.gan_weight
+  return lambda step: cfg.gan_weight * (step >= cfg.gan_warmup)
+
+
+def grey_scores(pairs: ImagePairs) -> dict[str, float]:
+  """PSNR/SSIM of the one-channel input itself, repeated to RGB (the baseline)."""
+  return image_scores(np.repeat(pairs.inputs, 3, axis=-1), pairs.targets)
+
+
+def colour_map_baseline(cfg: Config, test: ImagePairs) -> dict[str, float]:
+  """A reference without a network: per-channel affine map of the input (least squares over
+  every pixel of the training images), applied to the held-out inputs."""
+  fit = centre_crops(cfg.task, TRAIN_IMAGES, cfg.short_side)
+  design = lambda x: np.stack([x.ravel(), np.ones(x.size)], 1)
+  coef = np.linalg.lstsq(design(fit.inputs), fit.targets.reshape(-1, 3), rcond=None)[0]
+  out = np.clip(design(test.inputs) @ coef, -1, 1).reshape(test.targets.shape)
+  return image_scores(out.astype(np.float32), test.targets)
 
 
 def describe(g: Generator, variables: Any, example: np.ndarray) -> dict[str, Any]:
@@ -89,30 +136,79 @@ def describe(g: Generator, variables: Any, example: np.ndarray) -> dict[str, Any
           "down_widths": g.down_widths, "block_widths": g.block_widths, "up_widths": g.up_widths}
 
 
-def run(cfg: Config, teacher_only: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Trains the teacher and (unless ``teacher_only``) every student; returns the records and
-  the seed-0 outputs on the held-out images."""
+# Config fields that do not change the teacher (a cached teacher serves any values of these).
+STUDENT_FIELDS = ("seeds", "steps", "ratios", "min_width", "distill_weight")
+
+
+def teacher_key(cfg: Config) -> str:
+  """The teacher-defining part of ``cfg``, as JSON (the teacher cache checks it)."""
+  fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in STUDENT_FIELDS}
+  return json.dumps(fields, sort_keys=True)
+
+
+def load_teacher(path: str, cfg: Config) -> tuple[Any, dict[str, Any]] | None:
+  """(variables, record) of a teacher saved by ``save_teacher`` with the same teacher config;
+  None when ``path`` does not exist. A teacher trained otherwise is refused, not reused."""
+  if not os.path.exists(path):
+    return None
+  with open(path, "rb") as f:
+    saved = serialization.msgpack_restore(f.read())
+  if saved["key"] != teacher_key(cfg):
+    raise ValueError(f"teacher cache {path} holds a teacher trained with {saved['key']}, not "
+                     f"{teacher_key(cfg)}; delete it or pass another --teacher-cache")
+  return saved["variables"], json.loads(saved["record"])
+
+
+def save_teacher(path: str, cfg: Config, variables: Any, record: dict[str, Any]) -> None:
+  blob = {"key": teacher_key(cfg), "record": json.dumps(record),
+          "variables": jax.tree.map(np.asarray, variables)}
+  with open(path, "wb") as f:
+    f.write(serialization.msgpack_serialize(blob))
+
+
+def run(cfg: Config, teacher_only: bool = False, teacher_cache: str | None = None
+        ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Trains the teacher (or loads it from ``teacher_cache``, saving it there after training)
+  and, unless ``teacher_only``, every student; returns the records and the seed-0 outputs on
+  the held-out images."""
   data = train_patches(cfg.task, cfg.num_patches, cfg.patch_size, seed=0,
                        short_side=cfg.short_side)
   test = heldout_pairs(cfg.task, short_side=cfg.short_side)
   x0, y0 = data.inputs[:cfg.batch_size], data.targets[:cfg.batch_size]
   disc = PatchDiscriminator(ndf=cfg.ndf, n_layers=2)
-  g_tx, d_tx = optax.adam(cfg.lr, b1=0.5), optax.adam(cfg.lr, b1=0.5)
+  g_tx, d_tx = optax.adam(cfg.lr, b1=0.5), optax.adam(cfg.d_lr, b1=0.5)
   images = {"input": test.inputs, "target": test.targets}
-  grey = np.repeat(test.inputs, 3, axis=-1)
-  records: dict[str, Any] = {"grey_input": {
-      "psnr": float(np.mean(psnr(grey, test.targets))),
-      "ssim": float(np.mean(ssim(grey, test.targets)))}}
+  seen = centre_crops(cfg.task, TRAIN_IMAGES, cfg.short_side)
+  records: dict[str, Any] = {"grey_input": grey_scores(test),
+                             "colour_map": colour_map_baseline(cfg, test),
+                             "grey_input_train_images": grey_scores(seen)}
 
   teacher = uniform_generator(cfg.ngf, cfg.n_blocks, cfg.branch_width, branches=cfg.branches)
-  t0 = time.time()
-  state, last = train(cfg, make_gan_step(teacher, disc, g_tx, d_tx, cfg.lambda_recon),
-                      init_gan_state(0, teacher, disc, g_tx, d_tx, x0, y0), data, seed=0)
-  t_vars = generator_variables(state)
+  curve = []
+
+  def score(n: int, state: GanState) -> None:
+    v = generator_variables(state)
+    curve.append({"step": n, "heldout": evaluate_generator(teacher, v, test.inputs, test.targets),
+                  "train_images": evaluate_generator(teacher, v, seen.inputs, seen.targets)})
+    print(f"teacher step {n}: {curve[-1]}", flush=True)
+
+  cached = load_teacher(teacher_cache, cfg) if teacher_cache else None
+  if cached is None:
+    t0 = time.time()
+    step = make_gan_step(teacher, disc, g_tx, d_tx, cfg.lambda_recon,
+                         gan_weight=gan_schedule(cfg))
+    state, last = train(cfg, step, init_gan_state(0, teacher, disc, g_tx, d_tx, x0, y0), data,
+                        seed=0, steps=cfg.teacher_steps, every=cfg.eval_every, on_eval=score)
+    t_vars = generator_variables(state)
+    records["teacher"] = {**describe(teacher, t_vars, x0),
+                          **image_scores(generate(teacher, t_vars, test.inputs), test.targets),
+                          "train_metrics": last, "curve": curve, "time_s": time.time() - t0}
+    if teacher_cache:
+      save_teacher(teacher_cache, cfg, t_vars, records["teacher"])
+  else:
+    t_vars, records["teacher"] = cached
+    records["teacher"]["from_cache"] = teacher_cache
   images["teacher"] = generate(teacher, t_vars, test.inputs)
-  records["teacher"] = {**describe(teacher, t_vars, x0),
-                        **image_scores(images["teacher"], test.targets), "train_metrics": last,
-                        "time_s": time.time() - t0}
   print(f"teacher: {records['teacher']}", flush=True)
 
   if teacher_only:
@@ -125,11 +221,12 @@ def run(cfg: Config, teacher_only: bool = False) -> tuple[dict[str, Any], dict[s
     for method in METHODS:
       distill = None if method == "scratch" else FeatureDistill(
           teacher, t_vars, student.block_paths, teacher.block_paths, method, cfg.distill_weight)
-      step = make_gan_step(student, disc, g_tx, d_tx, cfg.lambda_recon, distill)
+      step = make_gan_step(student, disc, g_tx, d_tx, cfg.lambda_recon, distill,
+                           gan_schedule(cfg))
       for seed in cfg.seeds:
         t0 = time.time()
         init = init_gan_state(seed + 1, student, disc, g_tx, d_tx, x0, y0, distill)
-        state, last = train(cfg, step, init, data, seed)
+        state, last = train(cfg, step, init, data, seed, cfg.steps)
         s_vars = generator_variables(state)
         out = generate(student, s_vars, test.inputs)
         rec.setdefault("student", describe(student, s_vars, x0))
@@ -150,10 +247,12 @@ def summarize(cfg: Config, records: dict[str, Any]) -> str:
     m, sd = _report.mean_sd(vals)
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
-  g = records["grey_input"]
+  g, c = records["grey_input"], records["colour_map"]
   rows = [["grey input (no model)", "-", "-", "-", f"{g['psnr']:.2f}", f"{g['ssim']:.4f}"],
-          ["teacher", "-", f"{t['macs']:,.0f}", f"{t['params']:,}", f"{t['psnr']:.2f}",
-           f"{t['ssim']:.4f}"]]
+          ["colour map (affine, no network)", "least squares", "-", "6", f"{c['psnr']:.2f}",
+           f"{c['ssim']:.4f}"],
+          ["teacher", f"{cfg.teacher_steps} steps", f"{t['macs']:,.0f}", f"{t['params']:,}",
+           f"{t['psnr']:.2f}", f"{t['ssim']:.4f}"]]
   for ratio in cfg.ratios:
     rec = records[f"1/{ratio}"]
     for method, runs in rec["runs"].items():
@@ -178,15 +277,42 @@ def summarize(cfg: Config, records: dict[str, Any]) -> str:
         f"{mean['ka']['psnr'] - t['psnr']:+.2f} dB, {mean['ka']['ssim'] - t['ssim']:+.4f}.")
   return ("# CAT: pruned and distilled image-to-image generators\n\n"
           f"Task {cfg.task}, {cfg.num_patches} training patches {cfg.patch_size}x{cfg.patch_size}, "
-          f"PSNR/SSIM on 2 held-out {cfg.short_side}x{cfg.short_side} images; {cfg.steps} steps "
-          f"(batch {cfg.batch_size}, Adam {cfg.lr}, b1 0.5) for teacher and every student; "
-          f"lambda_recon {cfg.lambda_recon}, distillation weight {cfg.distill_weight} (KA: "
-          f"-sum KA over 4 block outputs; MSE: 1x1 adaptors). Students: seeds {list(cfg.seeds)} "
-          "(mean ± sd); one teacher. MACs per example.\n\n"
+          f"PSNR/SSIM on 2 held-out {cfg.short_side}x{cfg.short_side} images; teacher "
+          f"{cfg.teacher_steps} steps, every student {cfg.steps} steps; {training(cfg)}; "
+          f"distillation weight {cfg.distill_weight} (KA: -sum KA over 4 block outputs; MSE: 1x1 "
+          f"adaptors). Students: seeds {list(cfg.seeds)} (mean ± sd); one teacher. MACs per "
+          "example. The colour map is a reference, not the baseline: a per-channel affine map of "
+          "the input fitted on the training images' pixels.\n\n"
           + _report.markdown_table(["model", "training", "MACs", "params", "PSNR (dB)", "SSIM"],
                                    rows)
           + f"\nPruned widths: {widths}.\n\nDifferences of means (seeds):\n" + "\n".join(claims)
-          + "\n")
+          + "\n\n" + teacher_summary(cfg, records))
+
+
+def training(cfg: Config) -> str:
+  """The shared training settings, in words."""
+  warm = f" after {cfg.gan_warmup} steps of L1 alone" if cfg.gan_warmup else ""
+  return (f"batch {cfg.batch_size}, Adam b1 0.5, lr {cfg.lr} (G) / {cfg.d_lr} (D); generator loss "
+          f"{cfg.gan_weight} * hinge GAN{warm} + {cfg.lambda_recon} * L1")
+
+
+def teacher_summary(cfg: Config, records: dict[str, Any]) -> str:
+  """The teacher's held-out and training-image scores along training, against the grey input."""
+  t, g, c = records["teacher"], records["grey_input"], records["colour_map"]
+  gt = records["grey_input_train_images"]
+  rows = [[p["step"], f"{p['heldout']['psnr']:.2f}",
+           f"{p['heldout']['psnr'] - g['psnr']:+.2f}", f"{p['heldout']['ssim']:.4f}",
+           f"{p['train_images']['psnr']:.2f}", f"{p['train_images']['ssim']:.4f}"]
+          for p in t["curve"]]
+  return (f"## Teacher ({cfg.teacher_steps} steps; {training(cfg)})\n\n"
+          f"Held-out PSNR {t['psnr']:.2f} dB ({t['psnr'] - g['psnr']:+.2f} dB over the grey "
+          f"input's {g['psnr']:.2f}), SSIM {t['ssim']:.4f} (grey {g['ssim']:.4f}); the affine "
+          f"colour map scores {c['psnr']:.2f} dB / {c['ssim']:.4f}. Training images: centre "
+          f"squares of the 6 training images (their patches were seen in training; the grey "
+          f"input scores "
+          f"{gt['psnr']:.2f} dB / {gt['ssim']:.4f} there).\n\n"
+          + _report.markdown_table(["step", "held-out PSNR", "vs grey (dB)", "held-out SSIM",
+                                    "train-image PSNR", "train-image SSIM"], rows))
 
 
 def save_grid(images: dict[str, np.ndarray], path: str) -> None:
@@ -205,29 +331,42 @@ def save_grid(images: dict[str, np.ndarray], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 20 steps)")
-  parser.add_argument("--steps", type=int, default=None, help="teacher and student steps")
+  parser.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 10 steps)")
+  parser.add_argument("--steps", type=int, default=None, help="steps of every student")
+  parser.add_argument("--teacher-steps", type=int, default=None, help="steps of the teacher")
+  parser.add_argument("--gan-weight", type=float, default=None,
+                      help="weight of the generator's GAN term (0: L1 alone)")
+  parser.add_argument("--gan-warmup", type=int, default=None,
+                      help="steps of L1 alone before the GAN term switches on")
+  parser.add_argument("--d-lr", type=float, default=None, help="discriminator learning rate")
+  parser.add_argument("--teacher-cache", default=None,
+                      help="file of the trained teacher: loaded if present (same teacher config), "
+                           "else written after training")
+  parser.add_argument("--out-dir", default=_report.RESULTS_DIR, help="where results are written")
   parser.add_argument("--teacher-only", action="store_true",
-                      help="train and score the teacher alone (vs the grey input): cat_teacher.json")
+                      help="train and score the teacher alone (vs the grey input): cat_teacher.*")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  if args.steps is not None:
-    cfg = dataclasses.replace(cfg, steps=args.steps)
-  if args.teacher_only:
-    records, _ = run(cfg, teacher_only=True)
-    t, g = records["teacher"], records["grey_input"]
-    _report.write("cat_teacher", {"config": dataclasses.asdict(cfg), "records": records},
-                  f"# CAT teacher alone, {cfg.steps} steps\n\nheld-out PSNR {t['psnr']:.2f} dB "
-                  f"(grey input {g['psnr']:.2f} dB), SSIM {t['ssim']:.4f} ({g['ssim']:.4f}). "
-                  f"`python -m experiments.cat --teacher-only --steps {cfg.steps}`\n")
-    return
-  name = "cat_quick" if args.quick else "cat"
+  overrides = {"steps": args.steps, "teacher_steps": args.teacher_steps,
+               "gan_weight": args.gan_weight, "gan_warmup": args.gan_warmup, "d_lr": args.d_lr}
+  cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+  command = " ".join(["python -m experiments.cat", *(sys.argv[1:] if argv is None else argv)])
+  suffix = "_quick" if args.quick else ""
   t0 = time.time()
-  records, images = run(cfg)
-  md = summarize(cfg, records)
-  md += f"\nTotal time {time.time() - t0:.0f} s (`python -m experiments.cat"
-  md += " --quick`).\n" if args.quick else "`).\n"
-  paths = _report.write(name, {"config": dataclasses.asdict(cfg), "records": records}, md)
+  records, images = run(cfg, teacher_only=args.teacher_only, teacher_cache=args.teacher_cache)
+  teacher_md = (f"# CAT teacher\n\n{teacher_summary(cfg, records)}\n`{command.strip()}`, "
+                f"{time.time() - t0:.0f} s.\n")
+  _report.write("cat_teacher" + suffix, {"config": dataclasses.asdict(cfg),
+                                         "records": {k: records[k] for k in
+                                                     ("grey_input", "colour_map",
+                                                      "grey_input_train_images", "teacher")}},
+                teacher_md, args.out_dir)
+  if args.teacher_only:
+    print(teacher_md)
+    return
+  md = summarize(cfg, records) + f"\nTotal time {time.time() - t0:.0f} s (`{command.strip()}`).\n"
+  paths = _report.write("cat" + suffix, {"config": dataclasses.asdict(cfg), "records": records}, md,
+                        args.out_dir)
   save_grid(images, paths["md"][:-3] + ".png")
   print(md)
 

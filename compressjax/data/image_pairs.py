@@ -94,6 +94,12 @@ def heldout_pairs(task: str, images: Sequence[str] = TEST_IMAGES,
   overlap = set(images) & set(TRAIN_IMAGES)
   if overlap:
     raise ValueError(f"test images {sorted(overlap)} are training images; hold out others")
+  return centre_crops(task, images, short_side)
+
+
+def centre_crops(task: str, images: Sequence[str], short_side: int = 128) -> ImagePairs:
+  """The centre square of each image, whether held out or not (``heldout_pairs`` checks that;
+  on the training images this measures fit, for comparison with the held-out score)."""
   xs, ys = [], []
   for name in images:
     rgb = load_rgb(name, short_side)

@@ -1,9 +1,9 @@
 """pix2pix training of a generator, optionally distilled from a frozen teacher generator (CAT).
 
-Generator loss: ``hinge_G + lambda_recon * L1 + weight * distill`` where ``distill`` is CAT's
-``-sum_l KA(student_l, teacher_l)`` (``kind="ka"``, no adaptor) or GAN Compression's
-``sum_l MSE(adaptor_l(student_l), teacher_l)`` (``kind="mse"``, learned 1x1 adaptors trained with
-the generator). The discriminator (conditional PatchGAN) takes the hinge loss. Both players are
+Generator loss: ``gan_weight * hinge_G + lambda_recon * L1 + weight * distill`` where ``distill``
+is CAT's ``-sum_l KA(student_l, teacher_l)`` (``kind="ka"``, no adaptor) or GAN Compression's
+``sum_l MSE(adaptor_l(student_l), teacher_l)`` (``kind="mse"``, learned 1x1 adaptors trained
+with the generator). The discriminator (conditional PatchGAN) takes the hinge loss. Both players are
 updated in one jitted step from the same generator forward pass. Generators are called as
 ``apply(variables, x, train=...)``; their non-parameter collections (BatchNorm statistics) are
 updated in training mode, and the frozen teacher runs with ``train=False``.
@@ -117,11 +117,19 @@ def _distill_loss(distill: FeatureDistill, s_feats: dict, t_feats: dict,
 
 def make_gan_step(generator: nn.Module, discriminator: nn.Module,
                   g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
-                  lambda_recon: float = 100.0, distill: FeatureDistill | None = None
+                  lambda_recon: float = 100.0, distill: FeatureDistill | None = None,
+                  gan_weight: float | Callable[[jax.Array], jax.Array] = 1.0
                   ) -> Callable[[GanState, jax.Array, jax.Array], tuple[GanState, dict]]:
-  """A jitted ``step(state, inputs, targets) -> (state, metrics)`` updating G and D once."""
+  """A jitted ``step(state, inputs, targets) -> (state, metrics)`` updating G and D once.
 
-  def g_loss_fn(g_params, g_state, d_params, teacher_vars, x, y):
+  ``gan_weight`` scales the generator's hinge term: a float, or a function of the step count
+  (e.g. an optax schedule) for an L1-only warm-up before the adversarial term switches on. With
+  weight 0 the generator trains on L1 (+ distillation) alone; the discriminator still trains,
+  so ``d_loss`` keeps reporting how well it separates real from generated images.
+  """
+  weight_at = gan_weight if callable(gan_weight) else lambda _: gan_weight
+
+  def g_loss_fn(g_params, g_state, d_params, teacher_vars, x, y, step):
     g_vars = {"params": g_params["generator"], **g_state}
     paths = () if distill is None else distill.student_paths
     fake, s_feats, g_state = apply_with_taps(generator, g_vars, x, paths=paths,
@@ -135,8 +143,9 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module,
       loss = distill.weight * d_term
     gan = hinge_g_loss(discriminator.apply({"params": d_params}, x, fake))
     l1 = jnp.mean(jnp.abs(fake - y))
-    metrics.update(g_gan=gan, l1=l1)
-    return loss + gan + lambda_recon * l1, (fake, g_state, metrics)
+    w_gan = jnp.asarray(weight_at(step), jnp.float32)
+    metrics.update(g_gan=gan, l1=l1, gan_weight=w_gan)
+    return loss + w_gan * gan + lambda_recon * l1, (fake, g_state, metrics)
 
   def d_loss_fn(d_params, x, y, fake):
     real_logits = discriminator.apply({"params": d_params}, x, y)
@@ -146,7 +155,7 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module,
   @jax.jit
   def _step(state: GanState, x, y, teacher_vars):
     (g_loss, (fake, g_state, metrics)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.g_params, state.g_state, state.d_params, teacher_vars, x, y)
+        state.g_params, state.g_state, state.d_params, teacher_vars, x, y, state.step)
     d_loss, d_grads = jax.value_and_grad(d_loss_fn)(state.d_params, x, y,
                                                     jax.lax.stop_gradient(fake))
     g_updates, g_opt = g_tx.update(g_grads, state.g_opt_state, state.g_params)

@@ -102,3 +102,18 @@ def test_impossible_targets_and_bad_params_are_refused():
   other = TEACHER.clone(block_widths=((12, 12, 12, 12),) * 3)
   with pytest.raises(ValueError, match="missing"):
     cat_prune(other, VARS, X, 1e9)
+
+
+def test_experiment_gan_schedule_and_colour_map_reference():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from compressjax.data.image_pairs import heldout_pairs  # pylint: disable=g-import-not-at-top
+  from experiments import cat as exp  # pylint: disable=g-import-not-at-top
+
+  cfg = dataclasses.replace(exp.QUICK, gan_weight=0.5, gan_warmup=3, short_side=32)
+  sched = exp.gan_schedule(cfg)
+  assert [float(sched(jnp.asarray(s))) for s in (0, 2, 3, 9)] == [0.0, 0.0, 0.5, 0.5]
+  assert exp.gan_schedule(dataclasses.replace(cfg, gan_warmup=0)) == 0.5
+  test = heldout_pairs(cfg.task, short_side=cfg.short_side)
+  ref = exp.colour_map_baseline(cfg, test)
+  assert ref["psnr"] > exp.grey_scores(test)["psnr"] + 1.0  # the training images' colour cast carries over
+  assert "1.0 * hinge GAN after 5 steps of L1 alone" in exp.training(exp.QUICK)

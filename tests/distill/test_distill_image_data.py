@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from compressjax.data.image_pairs import (TEST_IMAGES, TRAIN_IMAGES, heldout_pairs, load_rgb,
-                                          pair_batches, task_input, train_patches)
+from compressjax.data.image_pairs import (TEST_IMAGES, TRAIN_IMAGES, centre_crops, heldout_pairs,
+                                          load_rgb, pair_batches, task_input, train_patches)
 from compressjax.distill.image_metrics import psnr, ssim
 
 
@@ -40,6 +40,8 @@ def test_patches_and_held_out_images():
   rgb = (t.targets[0] + 1) / 2
   np.testing.assert_allclose(t.inputs[0], task_input("gray2rgb", rgb), atol=1e-5)
   assert load_rgb("coffee", 32).shape == (32, 48, 3)
+  seen = centre_crops("gray2rgb", ("astronaut",), short_side=64)  # training images allowed here
+  np.testing.assert_array_equal(seen.targets[0], 2 * load_rgb("astronaut", 64) - 1)  # square
   batches = list(pair_batches(d, 4, seed=0, epoch=0))
   assert len(batches) == 3 and batches[0][0].shape == (4, 16, 16, 1)
 

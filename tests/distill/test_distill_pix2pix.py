@@ -49,7 +49,7 @@ def test_distilled_gan_step_trains_student_and_leaves_teacher(kind):
   for _ in range(6):
     state, m = step(state, X, Y)
     losses.append(float(m["l1"]))
-  assert set(m) == {"distill", "g_gan", "l1", "g_loss", "d_loss"}
+  assert set(m) == {"distill", "g_gan", "l1", "gan_weight", "g_loss", "d_loss"}
   assert all(np.isfinite(float(v)) for v in m.values())
   if kind == "ka":
     assert -2.0 <= float(m["distill"]) < 0.0  # -sum of 2 alignments in [0, 1]
@@ -66,3 +66,19 @@ def test_bad_distill_configs_are_refused():
     FeatureDistill(TEACHER, {}, ("block_0",), ("block_0",), kind="l2")
   with pytest.raises(ValueError, match="pair up"):
     FeatureDistill(TEACHER, {}, ("block_0", "block_1"), ("block_0",))
+
+
+def test_gan_weight_schedule_turns_the_adversarial_term_on_after_a_warm_up():
+  g_tx, d_tx = optax.adam(1e-3, b1=0.5), optax.adam(1e-3, b1=0.5)
+  warm_up = lambda step: (step >= 2).astype(np.float32)  # L1 alone for 2 steps
+  step = make_gan_step(STUDENT, DISC, g_tx, d_tx, lambda_recon=10.0, gan_weight=warm_up)
+  state = init_gan_state(1, STUDENT, DISC, g_tx, d_tx, X, Y)
+  for i in range(3):
+    state, m = step(state, X, Y)
+    assert float(m["gan_weight"]) == (i >= 2)
+    expected = 10.0 * m["l1"] + (m["g_gan"] if i >= 2 else 0.0)
+    np.testing.assert_allclose(m["g_loss"], expected, rtol=1e-6)
+  l1_only = make_gan_step(STUDENT, DISC, g_tx, d_tx, lambda_recon=10.0, gan_weight=0.0)
+  state, m = l1_only(init_gan_state(1, STUDENT, DISC, g_tx, d_tx, X, Y), X, Y)
+  np.testing.assert_allclose(m["g_loss"], 10.0 * m["l1"], rtol=1e-6)
+  assert float(m["d_loss"]) > 0  # the discriminator still trains and reports
