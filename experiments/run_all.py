@@ -15,7 +15,7 @@ import sys
 import time
 
 VISION = ("quantization", "adabits", "fracbits", "pruning", "distill_kd", "cat")
-LM = ("lm_teacher", "lm_ptq", "lm_qat", "lm_prune")
+LM = ("lm_teacher", "lm_ptq", "lm_qat", "lm_mixed", "lm_prune")
 SETS = {"all": VISION + LM, "vision": VISION, "lm": LM}
 
 

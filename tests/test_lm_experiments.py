@@ -1,5 +1,5 @@
-"""The LM experiments' --quick paths (PTQ with RTN and GPTQ, QAT, pruning and KD, KV-cache
-decode benchmark).
+"""The LM experiments' --quick paths (PTQ with RTN and GPTQ, QAT, mixed precision, pruning and
+KD, KV-cache decode benchmark).
 
 One module fixture runs the quick teacher (trained in seconds unless cached with the same
 configuration in ``experiments/work/lm``) and each quick path once into a temporary directory
@@ -27,7 +27,7 @@ from compressjax.core.matching import UnusedRuleWarning
 from compressjax.quant import gptq_apply
 from compressjax.quant.granularity import PER_CHANNEL, per_group
 from compressjax.quant.uniform import Uniform
-from experiments import lm_common, lm_prune, lm_ptq, lm_qat, lm_teacher
+from experiments import lm_common, lm_mixed, lm_prune, lm_ptq, lm_qat, lm_teacher
 
 CACHE_OPTIONS = {"jax_compilation_cache_dir": os.path.join(os.path.dirname(lm_common.WORK_DIR),
                                                            "jax_cache"),
@@ -59,6 +59,7 @@ def quick_runs(tmp_path_factory):
       "teacher": lm_teacher.main(["--quick", "--out-dir", out]),
       "ptq": lm_ptq.main(["--quick", "--out-dir", out]),
       "qat": lm_qat.main(["--quick", "--out-dir", out]),
+      "mixed": lm_mixed.main(["--quick", "--out-dir", out]),
       "prune": lm_prune.main(["--quick", "--out-dir", out]),
       "decode": decode.main(["--quick", "--out", os.path.join(out, "decode_quick.json")]),
   }
@@ -102,6 +103,26 @@ def test_qat_quick_outputs(quick_runs):
   # int8 dot path: accumulation order differs from the float matmul's, which can move an
   # activation across a rounding boundary (single logits move, the loss does not).
   assert abs(row["served_minus_fake_bpb_check"]) < 1e-3, row
+
+
+def test_mixed_quick_outputs(quick_runs):
+  out, result = quick_runs["out"], quick_runs["mixed"]
+  for ext in ("json", "md", "png"):
+    assert os.path.getsize(os.path.join(out, f"lm_mixed_quick.{ext}")) > 0
+  cfg, rows = lm_mixed.QUICK, result["rows"]
+  assert sorted((r["method"], r["w_bits"]) for r in rows) == sorted(
+      [(m, b) for m in ("joint", "separate") for b in cfg.adabits_bits]
+      + [("FracBits", cfg.target_bits), ("uniform", cfg.target_bits)])
+  for r in rows:
+    assert r["finite"] and math.isfinite(r["test_bpb"]) and r["test_bpb"] > 0, r
+    assert abs(r["served_minus_fake_bpb_check"]) < 1e-3, r  # int8 dot path, as in QAT
+  joint = [r for r in rows if r["method"] == "joint"]
+  assert len({r["test_bpb"] for r in joint}) == len(joint)  # the switches differ
+  (frac,) = [r for r in rows if r["method"] == "FracBits"]
+  assert abs(frac["relative_error"]) <= 0.01 and frac["search_steps"] >= 1
+  bits = [l["w_bits"] for l in frac["allocation"]["layers"] if not l["path"].startswith("head/")]
+  assert bits and all(cfg.min_bits <= b <= cfg.max_bits for b in bits)
+  assert "## FracBits vs uniform" in open(os.path.join(out, "lm_mixed_quick.md")).read()
 
 
 def test_prune_and_kd_quick(quick_runs):
