@@ -14,6 +14,7 @@ the init batch's statistics) and of the exported, served model after QAT.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -31,10 +32,21 @@ from experiments import _report
 
 METHODS = ("dorefa_pact", "lsq", "sat", "sat_centered")
 BITS = (2, 3, 4)
+QAT_EPOCHS = 10  # the same for every method; 3 left sat_centered at 94.2 +- 1.6 (W2A2 served)
 
 NOTES = """
 What changed since the first run (measured on the seed-0 float model, W2A2, init accuracy
 before any QAT step unless said otherwise; `python -m experiments.collapse` for the table):
+- `sat` reads its weights on the modified grid's codes with a mean-free zero point
+  (`SAT(zero_point="mean")`: the codes' mean under stop_gradient, exported as the same integer
+  codes with a float zero point; served == fake-quant). The paper's zero point `2^(b-1)` gives
+  most weights Q in {-2^(1-b), 0}: a sign plus a mean shift as large as it, which sums coherently
+  over non-negative (post-ReLU) inputs, so every channel gets the same feature and the model sat
+  at chance at W2A2 and W3A3 (10.1% served, 3 seeds, 3 QAT epochs). With the mean removed: init
+  9.7% -> 74.4%, served after 3 QAT epochs 10.3% -> 95.5%.
+- QAT runs 10 epochs for every method (was 3; issue 14 asked for 10): seed 0 served at W2A2
+  sat_centered 94.2% -> 97.8%, sat 95.5% -> 97.8%; 3 epochs left sat_centered at
+  94.15 ± 1.55 (3 seeds).
 - Init-from-float recomputes BatchNorm statistics on the init batch under the quantized weights
   (`compressjax.core.bn_recalibrate`): SAT's variance rule and DoReFa's [-1, 1] weights no longer
   meet the float running statistics (before: sat_centered init 10.2% at W2A2..W4A4).
@@ -45,20 +57,28 @@ before any QAT step unless said otherwise; `python -m experiments.collapse` for 
   activation quantizer has a zero point (calibrated-sign PACT, LSQ+): dorefa_pact W2A2 exported
   right after init served 42.6% where its fake-quant model scored 74.7%; export now adds the
   padded positions back (served == fake-quant to 2e-5 in every logit).
-- Tried and not adopted: DoReFa weights rescaled to max|tanh w| (init 86.6% vs 88.0%, served
-  after QAT 95.5% vs 97.2%).
-
-Why the goals are not all met:
-- `sat` (the "modified" grid, c = 0) stays at chance: its codes are the centered grid's shifted by
-  half a step, so at 2 bits 97% of conv1's weights land on {-1/2, 0} (x the scale): a binary
-  weight plus a mean shift as large as the signal, which sums coherently over conv1's 288
-  non-negative (post-ReLU) inputs. Every channel becomes nearly the same feature: conv1 alone
-  quantized scores 15.3% even after BatchNorm recalibration; QAT does not recover in 3 epochs.
-  `sat_centered` is the same method without the shift.
-- `sat_centered` at W2A2: conv0's 2-bit weights (9 per channel, one per-tensor scale) and
-  conv1's 2-bit inputs cost most: with just conv0's weights float init is 94.4%, with just
-  conv1's inputs float 95.0% (all quantized: 70.2%).
+- Tried and not adopted (seed 0, W2A2, 3 QAT epochs, served): per-channel max|tanh w| for SAT
+  weights raises init (sat 74.4% -> 89.1%, sat_centered 74.9% -> 88.0%) but not the served
+  accuracy (95.3% vs 95.5%, 92.2% vs 94.2%); a per-output-channel mean zero point (init 75.2%;
+  with per-channel max: init 85.5%, served 95.0%); DoReFa weights rescaled to max|tanh w|
+  (init 86.6% vs 88.0%, served 95.5% vs 97.2%).
 """
+GOALS = {"lsq": 0.98}  # issue 14: W2A2 served mean >= 95% for every method, >= 98% for lsq
+GOAL = 0.95
+
+
+def goals(records, methods) -> str:
+  """Issue 14's W2A2 goals against the records' served means (what the table shows)."""
+  lines = ["", "Goals (issue 14, W2A2 served, mean over seeds):"]
+  for m in methods:
+    served = [r["accuracy"] for r in records if r["method"] == m and r["bits"] == 2]
+    if not served:
+      lines.append(f"- {m}: not run at W2A2")
+      continue
+    mu, goal = _report.mean_sd(served)[0], GOALS.get(m, GOAL)
+    lines.append(f"- {m}: {100 * mu:.2f}% vs >= {100 * goal:.0f}%: "
+                 f"{'met' if mu >= goal else 'NOT met'} (n={len(served)})")
+  return "\n".join(lines) + "\n"
 
 
 def every_layer(cfg: Config) -> Config:
@@ -122,7 +142,7 @@ def report(records, bits_list, methods, float_epochs, qat_epochs, out_dir, name)
         f"mean ± sd, % test accuracy; float {float_epochs} epochs, QAT {qat_epochs} epochs)\n\n"
         "`init`: fake-quant model right after init-from-float (clip levels / steps from the "
         "init batch), before any QAT step. `served`: the exported integer model after QAT.\n\n"
-        + _report.markdown_table(header, rows) + NOTES)
+        + _report.markdown_table(header, rows) + NOTES + goals(records, methods))
   paths = _report.write(name, {"records": records, "seeds": seeds, "bits": list(bits_list),
                                "methods": list(methods), "float_epochs": float_epochs,
                                "qat_epochs": qat_epochs, "edge_bits": None}, md, out_dir)
@@ -151,13 +171,22 @@ def main():
   parser.add_argument("--bits", type=int, nargs="+", default=list(BITS), choices=BITS)
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--out", default=_report.RESULTS_DIR)
+  parser.add_argument("--report-only", action="store_true",
+                      help="rewrite the Markdown/PNG from the saved JSON records (no training)")
   args = parser.parse_args()
   if args.quick:
     seeds, bits, float_epochs, qat_epochs, name = [0], [2], 5, 1, "collapse_quick"
   else:
-    seeds, bits, float_epochs, qat_epochs, name = args.seeds, args.bits, 15, 3, "collapse"
+    seeds, bits, float_epochs, qat_epochs, name = args.seeds, args.bits, 15, QAT_EPOCHS, "collapse"
   save = lambda records: report(records, bits, args.methods, float_epochs, qat_epochs, args.out,
                                 name)
+  if args.report_only:  # the table and notes again from the saved records, nothing trained
+    with open(os.path.join(args.out, f"{name}.json")) as f:
+      saved = json.load(f)
+    bits, float_epochs, qat_epochs = saved["bits"], saved["float_epochs"], saved["qat_epochs"]
+    print(report(saved["records"], bits, saved["methods"], float_epochs, qat_epochs, args.out,
+                 name)[1])
+    return
   print(save(run(seeds, bits, args.methods, float_epochs, qat_epochs, save))[1])
 
 

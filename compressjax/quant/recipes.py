@@ -28,7 +28,10 @@ from compressjax.quant.uniform import Uniform
 _RECIPES: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
     "dorefa_pact": lambda w, a: (DoReFa(bits=w, kind="weight"), PACT(bits=a, signed=None)),
     "lsq": lambda w, a: (LSQ(bits=w, kind="weight"), LSQ(bits=a, kind="activation")),
-    "sat": lambda w, a: (SAT(bits=w, kind="weight"), SAT(bits=a, kind="activation", signed=None)),
+    # The modified grid with a mean-free zero point: the paper's collapses at 2-3 bits when
+    # every layer is quantized (see compressjax.quant.sat).
+    "sat": lambda w, a: (SAT(bits=w, kind="weight", zero_point="mean"),
+                         SAT(bits=a, kind="activation", signed=None)),
     # SAT's later "centered" weight grid: no -2^-b mean shift (see experiments/results).
     "sat_centered": lambda w, a: (
         SAT(bits=w, kind="weight", grid="centered"),

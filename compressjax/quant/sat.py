@@ -12,8 +12,20 @@ layouts (e.g. DenseGeneral). Floor has a straight-through gradient.
 Activations (``kind="activation"``): PACT, whose autodiff is SAT's calibrated gradient; its
 clip level starts from the init tensor's 99.9th percentile (see :mod:`compressjax.quant.pact`).
 
-Export: unsigned codes ``0..2^b-1``, zero point ``2^(b-1) - c`` and scale
-``2^(1-b) / (sqrt(n_out) std(Q))`` (the rescale folded into the scale).
+Zero point (``zero_point``): ``"grid"`` is the paper's ``2^(b-1) - c``, so ``Q = 2q - 1``.
+``"mean"`` is the mean of the tensor's codes (under stop_gradient, like ``std``): ``Q`` is the
+codes minus their mean, times ``2^(1-b)``, so the quantized weights have mean exactly 0 while
+the codes (hence the modified grid's nesting) stay the same. Why: with ``c = 0`` the codes of
+small weights (``w~`` near 1/2) are ``2^(b-1) - 1`` and ``2^(b-1)``, i.e. ``Q`` in
+``{-2^(1-b), 0}`` for most weights: a sign plus a mean shift as large as it, which sums
+coherently over non-negative (post-ReLU) inputs and adds the same feature to every output
+channel. With every layer of the digits CNN at 2 or 3 bits, ``"grid"`` stays at chance
+(init and after QAT) and ``"mean"`` trains (``experiments/results/collapse.md``). With
+``c = 1/2`` the codes' mean is already near the grid's ``2^(b-1) - 1/2``.
+
+Export: unsigned codes ``0..2^b-1``, the (float) zero point above and scale
+``2^(1-b) / (sqrt(n_out) std(Q))`` (the rescale folded into the scale); the integer paths fold
+the zero point in exactly, so served == fake-quant.
 """
 
 import dataclasses
@@ -34,6 +46,7 @@ from compressjax.quant.ste import floor_ste
 Array = jax.Array
 
 GRIDS = ("modified", "centered")
+ZERO_POINTS = ("grid", "mean")
 
 
 def fan_out(shape: tuple[int, ...]) -> int:
@@ -53,6 +66,7 @@ class SAT(Quantizer):
     grid: weights: ``"modified"`` or ``"centered"``.
     granularity: weights: what ``max|tanh w|`` is taken over (SAT: per tensor).
     fan_out: weights: ``n_out`` of the variance rule; None derives it from the kernel shape.
+    zero_point: weights: ``"grid"`` (the paper's) or ``"mean"`` (the codes' mean).
     alpha_init: activations: PACT's initial clip level; None: from the init tensor.
     signed: activations: PACT's ``signed`` (False, True, or None: decided at init).
   """
@@ -64,6 +78,7 @@ class SAT(Quantizer):
   fan_out: int | None = None
   alpha_init: float | None = None
   signed: bool | None = False
+  zero_point: str = "grid"
 
   def validate(self) -> None:
     super().validate()
@@ -71,6 +86,9 @@ class SAT(Quantizer):
     check_granularity(self, self.granularity, ("tensor", "channel", "group"))
     if self.grid not in GRIDS:
       raise ValueError(f"SAT: grid={self.grid!r} is not allowed; use one of {GRIDS}")
+    if self.zero_point not in ZERO_POINTS:
+      raise ValueError(f"SAT: zero_point={self.zero_point!r} is not allowed; use one of "
+                       f"{ZERO_POINTS}")
     if self.fan_out is not None and (not isinstance(self.fan_out, int) or self.fan_out <= 0):
       raise ValueError(f"SAT: fan_out={self.fan_out!r} is not allowed; use a positive int or None")
     self._pact.validate()
@@ -119,7 +137,9 @@ class SAT(Quantizer):
     # Only w~ = 1 (and w~ a rounding error below 0) leave 0..2^b-1; the rest keep f's gradient.
     codes = jnp.where(f < 0, 0.0, jnp.where(f > levels - 1, levels - 1, f))
     zero = levels / 2 - (0.5 if self.grid == "centered" else 0.0)
-    step = 2.0 / levels  # Q = (codes - zero) * step in [-1, 1]
+    if self.zero_point == "mean":  # the tensor's codes, mean-free (see the module docstring)
+      zero = jax.lax.stop_gradient(jnp.mean(codes))
+    step = 2.0 / levels  # Q = (codes - zero) * step, in [-1, 1] for the grid's zero point
     std = jax.lax.stop_gradient(jnp.std((codes - zero) * step))
     std = jnp.where(std > 0, std, 1.0)  # a constant tensor has no spread to normalise
     n_out = self.fan_out or fan_out(x.shape)

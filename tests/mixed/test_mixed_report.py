@@ -33,13 +33,13 @@ def test_json_round_trip_and_rules(tmp_path):
   rules = mr.rules_from_json(path, method="sat")
   assert [r.pattern for r in rules] == ["^conv0/kernel$", "^conv1/kernel$", "^hidden/kernel$",
                                         "^head/kernel$"]
-  assert rules[0].weight == SAT(bits=8) and rules[0].act is None
+  assert rules[0].weight == SAT(bits=8, zero_point="mean") and rules[0].act is None
   assert isinstance(rules[1].weight, ChannelBits) and rules[1].weight.bits == (2, 3, 3, 4)
   assert rules[1].act == SAT(bits=4, kind="activation", signed=None)  # sign from calibration
   centered = mr.rules_from_json(alloc)[2].weight  # default method: SAT on the centered grid
   assert centered == SAT(bits=3, grid="centered")
   uniform = mr.rules_from_json(mr.BitAllocation.create({"c": [3, 3]}, {"c": 3}), method="sat")
-  assert uniform[0].weight == SAT(bits=3)  # equal channel bits: the plain quantizer
+  assert uniform[0].weight == SAT(bits=3, zero_point="mean")  # equal channel bits: the plain one
 
 
 def test_cost_table_and_report_agree_with_the_cost_model(profile):
