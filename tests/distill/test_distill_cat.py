@@ -115,5 +115,32 @@ def test_experiment_gan_schedule_and_colour_map_reference():
   assert exp.gan_schedule(dataclasses.replace(cfg, gan_warmup=0)) == 0.5
   test = heldout_pairs(cfg.task, short_side=cfg.short_side)
   ref = exp.colour_map_baseline(cfg, test)
-  assert ref["psnr"] > exp.grey_scores(test)["psnr"] + 1.0  # the training images' colour cast carries over
+  assert ref["psnr"] > exp.grey_scores(test)["psnr"] + 1.0  # the training colour cast carries over
   assert "1.0 * hinge GAN after 5 steps of L1 alone" in exp.training(exp.QUICK)
+  assert exp.training(exp.FULL).endswith("generator loss 100.0 * L1 (no GAN term)")
+
+
+def test_experiment_parts_merge_into_one_table(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from experiments import cat as exp  # pylint: disable=g-import-not-at-top
+
+  def run_record(seed):
+    return {"seed": seed, "psnr": 20.0 + seed, "ssim": 0.5, "train_metrics": {}, "time_s": 1.0}
+
+  shared = {"grey_input": {"psnr": 16.0, "ssim": 0.4}, "teacher": {"psnr": 19.0}}
+  parts = [((4,), (0,)), ((4,), (1,)), ((8,), (0,))]
+  for i, (ratios, seeds) in enumerate(parts):
+    cfg = dataclasses.replace(exp.QUICK, ratios=ratios, seeds=seeds)
+    records = {**shared, f"1/{ratios[0]}": {"student": {}, "runs": {
+        "ka": [run_record(seeds[0])]}}}
+    images = {"input": np.zeros((1, 2, 2, 1)), f"1/{ratios[0]} ka": np.full((1, 2, 2, 3), i)}
+    (tmp_path / str(i)).mkdir()
+    exp.save_part(str(tmp_path / str(i)), cfg, records, images)
+  cfg, records, images = exp.merge_parts([str(tmp_path / str(i)) for i in range(3)])
+  assert cfg.ratios == (4, 8) and cfg.seeds == (0, 1) and cfg.branches == exp.QUICK.branches
+  assert [r["seed"] for r in records["1/4"]["runs"]["ka"]] == [0, 1]
+  assert len(records["1/8"]["runs"]["ka"]) == 1 and records["teacher"] == {"psnr": 19.0}
+  assert sorted(images) == ["1/4 ka", "1/8 ka", "input"] and images["1/4 ka"].max() == 0
+  exp.save_part(str(tmp_path / "0"), dataclasses.replace(exp.QUICK, steps=11), shared, {})
+  with pytest.raises(ValueError, match="other settings"):
+    exp.merge_parts([str(tmp_path / "1"), str(tmp_path / "0")])
