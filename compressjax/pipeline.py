@@ -58,7 +58,7 @@ from compressjax.runs import Setup, setup, train_classifier
 from compressjax.train import (fit, make_eval_step, make_optimizer, make_train_step,
                                restore_variables, total_steps)
 from compressjax.train.distill_step import make_distill_step
-from compressjax.train.quantized import from_float, init_examples
+from compressjax.train.quantized import check_init, from_float, init_examples
 from compressjax.train.state import state_from_variables
 
 FILES = {"json": "summary.json", "markdown": "summary.md", "plot": "summary.png"}
@@ -240,6 +240,7 @@ def _fit_compressed(teacher: _Teacher, cfg: Config, name: str, rules: Sequence[A
   model = compress(float_model, rules)
   # One compiled forward pass (eager, every op of it would compile on its own).
   variables = jax.jit(functools.partial(from_float, model))(teacher.variables, teacher.examples)
+  check_init(float_model, teacher.variables, model, variables, teacher.examples, what=name)
   steps = total_steps(cfg.train, len(data.train))
   epoch = steps_per_epoch(len(data.train), cfg.train.batch_size)
   tx = make_optimizer(cfg.optim, total_steps=steps, steps_per_epoch=epoch)

@@ -8,6 +8,7 @@ from compressjax.core.calibrate import calibrate
 from compressjax.core.compress import (SITE_PARAMS, STATS, Compression, compress, init_from,
                                        is_compressed, param_labels, uncompressed,
                                        with_compression)
+from compressjax.core.fidelity import FidelityWarning, check_fidelity, fidelity
 from compressjax.core.matching import UnusedRuleWarning, matches
 from compressjax.core.nnx_compress import CompressedModule, QuantStat
 from compressjax.core.record import RecordInput
@@ -17,8 +18,9 @@ from compressjax.core.transform import Chain, Transform, bits_of, chain
 from compressjax.core.zeros import KeepZeros, keep_zeros
 
 __all__ = [
-    "Chain", "CompressedModule", "Compression", "KeepZeros", "QuantStat", "RecordInput", "Rule", "SITE_PARAMS",
-    "STATS", "Site", "Transform", "UnusedRuleWarning", "bits_of", "calibrate", "chain",
-    "compress", "discover", "init_from", "is_compressed", "keep_zeros", "matches",
-    "param_labels", "uncompressed", "with_compression", "with_edges",
+    "Chain", "CompressedModule", "Compression", "FidelityWarning", "KeepZeros", "QuantStat",
+    "RecordInput", "Rule", "SITE_PARAMS", "STATS", "Site", "Transform", "UnusedRuleWarning",
+    "bits_of", "calibrate", "chain", "check_fidelity", "compress", "discover", "fidelity",
+    "init_from", "is_compressed", "keep_zeros", "matches", "param_labels", "uncompressed",
+    "with_compression", "with_edges",
 ]

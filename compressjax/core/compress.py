@@ -522,7 +522,8 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
   values in place, so transform state is initialised from the real weights and activations
   (LSQ step sizes, calibration ranges). BatchNorm statistics are then recomputed on ``args``
   under the compressed weights (see :mod:`compressjax.core.bn_recalibrate`; ``recalibrate_bn``:
-  None recalibrates when a rule transforms weights). Returns all collections.
+  None recalibrates when a rule transforms weights). Returns all collections. How close this
+  leaves the model to float: :func:`compressjax.core.fidelity.check_fidelity` on both outputs.
   """
   from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
   from compressjax.core.checks import check_finite  # pylint: disable=g-import-not-at-top

@@ -23,14 +23,16 @@ from compressjax.models import get_model
 from compressjax.runs.classifier import setup
 from compressjax.train import (batches, evaluate, fit, make_eval_step, make_train_step,
                                restore_variables, state_from_variables)
-from compressjax.train.quantized import init_examples, variables_like
+from compressjax.train.quantized import check_init, init_examples, variables_like
 
 
 def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,
                         calibration_batches: int = 4) -> dict[str, Any]:
   """QAT (``train=True``, fine-tunes for ``cfg.train`` epochs) or PTQ of ``cfg.quant.init_from``.
 
-  Returns a summary: float, fake-quant and served test accuracy, bytes before and after.
+  Returns a summary: float, fake-quant and served test accuracy, bytes before and after, and the
+  top-1 agreement with float right after init-from-float on the init images (a
+  :class:`~compressjax.core.fidelity.FidelityWarning` says when it is below 90%).
   """
   q = cfg.quant
   if q.method is None or q.init_from is None:
@@ -43,6 +45,8 @@ def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,
   like = variables_like(float_model, examples)
   float_vars = restore_variables(os.path.abspath(q.init_from), like)
   variables = s.state.variables
+  init = check_init(float_model, float_vars, s.model, variables, examples,
+                    what=f"quantize {q.method} W{q.w_bits}A{q.a_bits}")
   if train:
     augment = s.dataset.augment if cfg.data.augment == "default" else get_augment(cfg.data.augment)
     result = fit(s.state, make_train_step(s.model, s.optimizer), s.dataset.train, cfg.train,
@@ -63,6 +67,7 @@ def quantize_classifier(cfg: Config, workdir: str, *, train: bool = True,
   return {
       "method": q.method, "w_bits": q.w_bits, "a_bits": q.a_bits, "edge_bits": q.edge_bits,
       "mode": "qat" if train else "ptq",
+      "init_top1_agreement": init["top1_agreement"],
       "float_accuracy": accuracy(float_model, float_vars),
       "fake_quant_accuracy": accuracy(s.model, variables),
       "served_accuracy": accuracy(serving_model, serving_vars),

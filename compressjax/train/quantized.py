@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from compressjax.core import compress, discover, init_from
+from compressjax.core.fidelity import check_fidelity
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train.batching import Split
 from compressjax.train.checkpoint import restore_variables
@@ -45,6 +46,16 @@ def from_float(qmodel: nn.Module, float_vars: Variables, examples: Any) -> Varia
   """Variables of compressed ``qmodel`` from its float model's; quantizer state initialised
   on ``examples`` in eval mode (pure: jit it, one compiled pass instead of many eager ops)."""
   return init_from(qmodel, float_vars, examples, train=False)
+
+
+def check_init(model: nn.Module, float_vars: Variables, qmodel: nn.Module, qvars: Variables,
+               examples: Any, *, what: str) -> dict[str, float]:
+  """Top-1 agreement and relative output error of ``qmodel`` (fake-quant, eval mode) with its
+  float ``model`` on ``examples``; warns when init-from-float left it far from float
+  (:func:`compressjax.core.fidelity.check_fidelity`)."""
+  def logits(m, v):
+    return jax.jit(lambda v, x: m.apply(v, x, train=False))(v, examples)
+  return check_fidelity(logits(model, float_vars), logits(qmodel, qvars), what=what)
 
 
 def variables_like(model: nn.Module, examples: Any) -> Variables:

@@ -32,6 +32,7 @@ def test_ptq_and_qat_report_the_served_model(common, float_dir, tmp_path, train)
   out = quantize_classifier(cfg, str(tmp_path / "run"), train=train, calibration_batches=1)
   assert out["mode"] == ("qat" if train else "ptq") and out["method"] == "lsq"
   assert out["quantized_bytes"] < out["float_bytes"] / 2
+  assert 0.0 <= out["init_top1_agreement"] <= 1.0
   assert out["served_accuracy"] == pytest.approx(out["fake_quant_accuracy"], abs=0.02)
   assert (tmp_path / "run" / "checkpoints").exists() == train
 
