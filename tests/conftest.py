@@ -1,6 +1,18 @@
-"""Shared test fixtures: small deterministic models and a toy quantizer; the longest files first."""
+"""Shared test fixtures: small deterministic models and a toy quantizer; the longest files first.
+
+The tests compile many hundreds of small XLA programs and run each a few times on tiny shapes, so
+their CPU time is mostly LLVM code generation: ``TEST_XLA_FLAGS`` compiles at LLVM -O0 (about
+22% less CPU for the demo story and the LM quick runs, measured side by side). XLA's own HLO
+passes (fusion, layouts, algebraic rewrites) are unchanged, so served-vs-fake-quant and
+sharded-vs-single comparisons see the programs users get. Set before JAX starts its backend;
+kernels of the notebook tests and the sharding subprocesses inherit it.
+"""
 
 import dataclasses
+import os
+
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import flax.linen as nn
 import jax

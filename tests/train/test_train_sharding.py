@@ -33,7 +33,9 @@ def _free_port() -> int:
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharding")
   env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-  env.pop("XLA_FLAGS", None)
+  # The workers set their own device counts; the conftest's compile flags pass through.
+  env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
   port = str(_free_port())
   commands = [[sys.executable, str(WORKER), "mesh", str(out)]] + [
       [sys.executable, str(WORKER), "multihost", str(i), port, str(out)] for i in (0, 1)]
