@@ -5,8 +5,9 @@ The model is a stack of ``--layers`` Dense layers of ``--width`` x ``--width`` (
 Each measurement runs in a fresh subprocess. By default it first exports a one-layer stack of
 the same width, so the eager per-site export ops are compiled (a fixed ~100-200 MB of compiler
 memory that does not grow with the model; ``--cold`` skips this and counts it). It then
-records the resident set (RSS, /proc/self/status), builds the compressed variables
-(``cj.init_from``), records the RSS again, resets the peak (``/proc/self/clear_refs`` 5) so it
+records the resident set (RSS, /proc/self/status; after ``gc`` and glibc ``malloc_trim``, so
+buffers freed earlier are not counted, nor reused unseen by export), builds the compressed
+variables (``cj.init_from``), records the RSS again, resets the peak (``/proc/self/clear_refs`` 5) so it
 counts export alone, exports, and reads the peak (VmHWM; ru_maxrss if the reset is refused).
 Reported, in units of the float parameter bytes:
 * ``export_extra``: peak minus the RSS with the float variables in place (what export adds);
@@ -21,6 +22,7 @@ large buffers to the OS at once) is passed to the subprocess and recorded.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -37,6 +39,15 @@ def rss_bytes(field: str = "VmRSS") -> int:
       if line.startswith(field + ":"):
         return int(line.split()[1]) * 1024
   raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def trim_heap() -> None:
+  """Returns the C heap's free pages to the OS (glibc ``malloc_trim``), so an RSS reading counts
+  live memory, not buffers freed earlier (init leaves ~1x float of them in the heap)."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def reset_peak() -> bool:
@@ -81,10 +92,12 @@ def child(layers: int, width: int, warm: bool) -> dict:
   if warm:  # compile the per-site export ops once on a one-layer stack of the same width
     jax.block_until_ready(cj.export(*compressed(1), x)[1])
   gc.collect()
+  trim_heap()
   base = rss_bytes()
   qmodel, variables = compressed(layers)
   float_bytes = sum(l.nbytes for l in jax.tree.leaves(variables["params"]))
   gc.collect()
+  trim_heap()
   with_params = rss_bytes()
   resettable = reset_peak()
   serving_model, serving_vars = cj.export(qmodel, variables, x)

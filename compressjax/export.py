@@ -3,11 +3,13 @@
 ``export`` follows the trace: it traces the model on example inputs, and for every site whose
 rule has a weight transform computes the op's weight operand from its parameter (through the
 same reshapes / transposes / scan slices the model applies, so a scanned stack exports as one
-stacked QArray), and writes the QArray that the transform's ``export`` makes. Site by site
-(eager ops, so codes round as in the eager fake-quant forward), so peak memory is the float
-parameters plus the packed ones plus one site's temporaries (a few float copies of that
-site's weight; ``benchmarks/export_memory.py``). Parameters that only such sites read are left
-out of the serving variables.
+stacked QArray), and writes the QArray that the transform's ``export`` makes. Site by site, one
+compiled function per (transform, operand steps, layout, shape): its temporaries are fused, so
+peak memory is the float parameters plus the packed ones plus about one packed site (on 208 MB
+of Dense weights: 1.2x the float bytes, ``benchmarks/export_memory.py``). Codes are the eager
+fake-quant's bit for bit only where the quantizer writes no division that XLA compiles
+differently in and out of a fusion (Uniform: ``quant.uniform._inverse``, tested). Transforms whose export reads values (``keep_zeros``) or that are unhashable run
+eagerly. Parameters that only such sites read are left out of the serving variables.
 
 Serving (:func:`serve_handler`) computes each site on the fastest correct path:
 
@@ -34,6 +36,7 @@ NaN inputs give NaN in the same outputs (the integer paths put them back).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -127,26 +130,66 @@ def _has_weight_rule(spec, tr, name):
 
 
 def _export_weight(site: Site, transform, param, site_params, site_stats) -> QArray:
-  view, _ = weight_view(site)
-  depth = len(site.stack)
   one_layer = jax.ShapeDtypeStruct(tuple(site.shapes[site.weight_index]), site.dtypes[
       site.weight_index])
+  view, _ = weight_view(site)
   params, stats = operand_state(transform, jax.eval_shape(view, one_layer), site_params,
                                 site_stats, "weight", site)
+  key = _SiteKey.of(site, transform)
+  try:
+    if key is not None:
+      try:
+        return _compiled_export(key)(param, params, stats)
+      except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        pass  # the transform's export reads values (keep_zeros' exact-zero check): run eagerly
+    return _site_export(site, transform)(param, params, stats)
+  except ValueError as e:
+    operand = jax.eval_shape(functools.partial(operand_of, site), param)
+    raise site_error(site, "weight", operand, e) from e
+
+
+def _site_export(site: Site, transform):
+  """``param -> QArray`` of one site: its operand (scan stacks: leading axes), viewed, exported."""
+  view, _ = weight_view(site)
 
   def one(w, p, s):
     return transform.export(view(w), p, s)
 
-  f = one
-  for _ in range(depth):
-    f = jax.vmap(f)
-  operand = operand_of(site, param)
-  try:
-    # Eager, like the fake-quant forward users compare with: a zero point on a rounding tie
-    # (Uniform's round(lo / scale)) can land differently when XLA fuses the division.
-    return f(operand, params, stats)
-  except ValueError as e:
-    raise site_error(site, "weight", operand, e) from e
+  for _ in range(len(site.stack)):
+    one = jax.vmap(one)
+  return lambda param, p, s: one(operand_of(site, param), p, s)
+
+
+class _SiteKey:
+  """What a site's export computes: the transform, the operand's steps from its parameter, the
+  weight layout and the stack depth (shapes and dtypes: jit's own cache). Equal keys share one
+  compiled export."""
+
+  def __init__(self, site: Site, transform, key: tuple):
+    self.site, self.transform, self.key, self.hash = site, transform, key, hash(key)
+
+  @classmethod
+  def of(cls, site: Site, transform) -> _SiteKey | None:
+    """The key, or None if the transform or a step holds something unhashable (arrays, lists)."""
+    steps = tuple((prim, tuple(sorted(p.items())), d) for prim, p, d in site.origin.steps)
+    try:
+      return cls(site, transform, (transform, steps, site.weight_layout(), len(site.stack)))
+    except TypeError:
+      return None
+
+  def __hash__(self):
+    return self.hash
+
+  def __eq__(self, other):
+    return isinstance(other, _SiteKey) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_export(key: _SiteKey):
+  """One compiled export per key: XLA fuses the quantizer's and the packing's elementwise ops,
+  so a site's temporaries are a few fused buffers, not a float / int32 copy of the weight per op.
+  See the module docstring for when its codes equal the eager ones bit for bit."""
+  return jax.jit(_site_export(key.site, key.transform))
 
 
 def _delete(tree: dict, path: str) -> None:

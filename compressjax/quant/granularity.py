@@ -106,7 +106,9 @@ class Granularity:
     if op == "percentile":
       if q is None:
         raise ValueError("Granularity.reduce: op='percentile' needs q in [0, 100]")
-      return zero(jnp.nanpercentile(jnp.where(finite, v, jnp.nan), q, axis=axes, keepdims=keep))
+      # q / 100 here, not inside nanpercentile: XLA folds that division differently under jit.
+      return zero(jnp.nanquantile(jnp.where(finite, v, jnp.nan), q / 100.0, axis=axes,
+                                  keepdims=keep))
     raise ValueError(f"Granularity.reduce: op={op!r} is not allowed; use one of {REDUCTIONS}")
 
   def per_stat(self, shape: tuple[int, ...]) -> int:

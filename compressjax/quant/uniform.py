@@ -156,7 +156,7 @@ class Uniform(Quantizer):
     """``(codes - zero_point, scale, zero_point)`` on the view of ``x``; STE on the codes."""
     v = self.granularity.view(x.astype(jnp.float32))
     scale, zero, qlo, qhi = self._grid(v, stats)
-    return round_ste(clip(v / scale, qlo - zero, qhi - zero)), scale, zero
+    return round_ste(clip(v * _inverse(scale), qlo - zero, qhi - zero)), scale, zero
 
   def _range(self, v: Array) -> tuple[Array, Array]:
     """``(lo, hi)`` of one tensor's view under ``calibration`` (no gradient)."""
@@ -182,9 +182,20 @@ class Uniform(Quantizer):
     else:
       lo, hi = jax.lax.stop_gradient(stats["lo"]), jax.lax.stop_gradient(stats["hi"])
     qlo, qhi = self._code_bounds(_checks.signed_of(self, self.signed, stats))
+    # range * (1 / levels), not range / levels: XLA rewrites a division by a constant into this
+    # multiplication when it compiles one, so eager and jitted grids would differ by an ulp, and
+    # round(lo / scale) (on a tie whenever lo == -hi) by a whole zero point.
     if self.symmetric:
-      scale = jnp.maximum(jnp.maximum(-lo, hi) / qhi, _EPS)
+      scale = jnp.maximum(jnp.maximum(-lo, hi) * (1.0 / qhi), _EPS)
       return scale, jnp.zeros_like(scale), qlo, qhi
     lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
-    scale = jnp.maximum((hi - lo) / (qhi - qlo), _EPS)
-    return scale, qlo - jnp.round(lo / scale), qlo, qhi
+    scale = jnp.maximum((hi - lo) * (1.0 / (2**self.bits - 1)), _EPS)  # qhi - qlo, any sign
+    return scale, qlo - jnp.round(lo * _inverse(scale)), qlo, qhi
+
+
+def _inverse(scale: Array) -> Array:
+  """``1 / scale``, to multiply by: XLA compiles ``v / broadcast(scale)`` as ``v * (1 / scale)``
+  in some programs (a single eager op) and not in others (a fused jit), an ulp apart, so a
+  quotient on a rounding tie (``lo / scale`` is -(2^b - 1) / 2 whenever ``lo == -hi``) would
+  round to different codes in the fake-quant forward and in a compiled export."""
+  return 1.0 / scale

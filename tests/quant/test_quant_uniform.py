@@ -1,9 +1,11 @@
 """Uniform quantizer: calibration rules, static running ranges, grids."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from compressjax.quant import PER_CHANNEL, Uniform
+from compressjax.quant import PER_CHANNEL, Uniform, per_group
 
 
 def _calibrate(q, batches):
@@ -51,3 +53,30 @@ def test_symmetric_grids():
   np.testing.assert_allclose(signed, np.arange(-3, 4) / 3, rtol=1e-6)  # narrow, symmetric
   unsigned = np.unique(np.asarray(Uniform(bits=2, signed=False).fake(x, {}, {})))
   np.testing.assert_allclose(unsigned, np.arange(4) / 3, rtol=1e-6)  # negatives clip to 0
+
+
+@pytest.mark.parametrize("q", [
+    Uniform(bits=8, symmetric=False, signed=False),  # absmax: lo == -hi, lo / scale on a tie
+    Uniform(bits=4, symmetric=False, signed=None),
+    Uniform(bits=4, symmetric=False, granularity=PER_CHANNEL),
+    Uniform(bits=3, symmetric=False, calibration="minmax"),
+    Uniform(bits=4, symmetric=False, calibration="percentile", percentile=99.0),
+    Uniform(bits=4, granularity=per_group(8)),
+    Uniform(bits=8),
+], ids=repr)
+def test_jitted_and_eager_export_agree_bit_for_bit(q):
+  """XLA compiles ``v / broadcast(scale)`` as ``v * (1 / scale)`` in an eager op but not inside
+  a fusion; the grid must not depend on it (export is compiled, the fake-quant forward eager)."""
+  fields = lambda a: [a.packed, a.scale] + ([] if a.zero_point is None else [a.zero_point])
+  for seed in range(8):
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((64, 32)) + 0.3, jnp.float32)
+    params, stats = q.init(x)
+    eager, fused = q.export(x, params, stats), jax.jit(q.export)(x, params, stats)
+    for e, f in zip(fields(eager), fields(fused)):
+      np.testing.assert_array_equal(e, f)
+    np.testing.assert_array_equal(q.fake(x, params, stats), jax.jit(q.fake)(x, params, stats))
+    np.testing.assert_array_equal(eager.dequantize(), q.fake(x, params, stats))
+    stacked = jnp.stack([x, -x])  # a scanned stack's export: vmapped in the compiled function
+    for e, f in zip(fields(jax.vmap(q.export, (0, None, None))(stacked, params, stats)),
+                    fields(jax.jit(jax.vmap(q.export, (0, None, None)))(stacked, params, stats))):
+      np.testing.assert_array_equal(e, f)
