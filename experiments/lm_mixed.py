@@ -66,7 +66,8 @@ from compressjax.quant.granularity import PER_CHANNEL
 from compressjax.quant.recipes import recipe
 from compressjax.quant.uniform import Uniform
 from experiments import _report
-from experiments.lm_common import batches, load_corpus, require_teacher, variables_bpb, variables_nats
+from experiments.lm_common import (batches, load_corpus, require_teacher, variables_bpb,
+                                   variables_nats)
 from experiments.lm_ptq import serve_and_eval
 from experiments.lm_qat import bit_pairs, bpb_of, method_gaps, resumable_rows, tx_for
 
@@ -89,6 +90,7 @@ class Config:
   lr: float = 5e-4
   warmup: int = 15
   eval_windows: int = 512
+  parts: tuple[str, ...] = ("fracbits", "adabits")
 
 
 FULL = Config()
@@ -177,7 +179,8 @@ def fit(cfg: Config, s: Setup, v: dict, loss, seed: int, *, steps: int | None = 
     losses.append(float(value))
   k = max(1, min(10, len(losses) // 5))
   return {**rest, "params": p}, {
-      "train_loss_first": float(np.mean(losses[:k])), "train_loss_last": float(np.mean(losses[-k:])),
+      "train_loss_first": float(np.mean(losses[:k])),
+      "train_loss_last": float(np.mean(losses[-k:])),
       "finite": bool(np.all(np.isfinite(losses))),
       "train_cpu_seconds": round(time.process_time() - cpu, 1)}
 
@@ -274,8 +277,8 @@ def run_fracbits(cfg: Config, s: Setup, seed: int, done: dict) -> Iterator[dict]
   scale = (1 + math.cos(math.pi * n / cfg.steps)) / 2  # the cosine where the search stopped
   rest_cfg = dataclasses.replace(cfg, lr=cfg.lr * scale, steps=max(1, cfg.steps - n), warmup=0)
   w, stats = fit(rest_cfg, s, w, ce(fixed), seed, skip=n, tx=tx_for(rest_cfg, w["params"]))
-  stats = {**stats, "train_cpu_seconds": stats["train_cpu_seconds"]
-           + search_stats["train_cpu_seconds"], "finite": stats["finite"] and search_stats["finite"]}
+  stats = {**stats, "finite": stats["finite"] and search_stats["finite"],
+           "train_cpu_seconds": stats["train_cpu_seconds"] + search_stats["train_cpu_seconds"]}
   yield {**served(s, fixed, w, stats, method="FracBits", **row), **allocation_info(alloc, s),
          "search_lambdas": lambdas, "search_steps": n,
          "search_cost_relative_error": s.budget.relative_error(search_cost),
@@ -293,8 +296,9 @@ def allocation_info(alloc: BitAllocation, s: Setup) -> dict:
 
 
 def run(cfg: Config, on_row=None, done: dict | None = None) -> dict:
-  """Every seed of ``cfg``: AdaBits then FracBits. Rows found in ``done`` are reused, not
-  rerun; ``on_row`` gets the result so far (``partial``) after each row."""
+  """Every seed of ``cfg``: FracBits (the cheaper part, first so that a run cut short has it)
+  then AdaBits. Rows found in ``done`` are reused, not rerun; ``on_row`` gets the result so far
+  (``partial``) after each row."""
   model, params, info = require_teacher(cfg.teacher)
   corpus, _ = load_corpus()
   test = corpus["test"][:cfg.eval_windows]
@@ -308,8 +312,10 @@ def run(cfg: Config, on_row=None, done: dict | None = None) -> dict:
             "eval_windows": int(len(test)), "test_windows": int(len(corpus["test"])),
             "sites": [{"path": p.path, "macs": p.macs, "params": p.params} for p in profile.sites]}
   done = dict(done or {})
+  parts = {"fracbits": run_fracbits, "adabits": run_adabits}
   for seed in cfg.seeds:
-    for row in itertools.chain(run_adabits(cfg, s, seed, done), run_fracbits(cfg, s, seed, done)):
+    for row in itertools.chain(*(parts[p](cfg, s, seed, done) for p in cfg.parts)):
+      row.setdefault("steps", cfg.steps)
       result["rows"].append(row)
       print({k: v for k, v in row.items() if k != "allocation"}, flush=True)
       if on_row is not None:
@@ -345,6 +351,21 @@ def layer_bits(rows: list[dict]) -> dict[str, list[int]]:
   return out
 
 
+def adabits_section(ada: list[dict], n: int) -> str:
+  """The AdaBits table: joint vs separate at every bit-width, and their differences."""
+  bits = sorted({r["w_bits"] for r in ada}, reverse=True)
+  md = ("## AdaBits: one joint model vs one model per bit-width (LSQ weights)\n\n"
+        "Joint: one fine-tune, each step the mean loss over the bit-widths (one LSQ step per "
+        "bit-width per layer, shared weights and a shared A8 activation quantizer), run at each "
+        "bit-width. Separate: one fine-tune per bit-width, the same number of steps.\n\n")
+  md += _report.markdown_table(
+      ["model"] + [f"W{b}A{A_BITS}" for b in bits],
+      [[m] + [cell(bpb_of(ada, m, b, A_BITS), n) for b in bits] for m in ("joint", "separate")])
+  pairs = [(b, bpb_of(ada, "joint", b, A_BITS), bpb_of(ada, "separate", b, A_BITS)) for b in bits]
+  return md + "\nJoint - separate (mean bpb): " + ", ".join(
+      f"W{b} {np.mean(j) - np.mean(sep):+.4f}" for b, j, sep in pairs if j and sep) + "\n"
+
+
 def markdown(result: dict, command: str) -> str:
   rows, cfg = result["rows"], result["config"]
   n = len(cfg["seeds"])
@@ -352,21 +373,17 @@ def markdown(result: dict, command: str) -> str:
   frac = [r for r in rows if r["part"] == "fracbits"]
   bits = sorted({r["w_bits"] for r in ada}, reverse=True)
   md = "# LM mixed precision: AdaBits and FracBits (served test bits per byte)\n\n"
-  md += (f"Every model: {cfg['steps']} AdamW steps x {cfg['batch_size']} windows from the teacher, "
-         f"lr {cfg['lr']}; {n} seed(s){' (mean ± sd)' if n > 1 else ' (no sd: one seed)'}; "
+  steps = lambda part: "/".join(str(k) for k in sorted(
+      {r.get("steps", cfg["steps"]) for r in rows if r["part"] == part}))
+  sd_note = " (mean ± sd)" if n > 1 else " (no sd: one seed)"
+  md += (f"Every model: AdamW steps x {cfg['batch_size']} windows from the teacher (AdaBits "
+         f"{steps('adabits') or '-'} steps, FracBits {steps('fracbits') or '-'}; linear warmup "
+         f"over 15% of them), lr {cfg['lr']}; {n} seed(s){sd_note}; "
          f"first {result['eval_windows']} of {result['test_windows']} test windows; block sites "
          f"at A{A_BITS} (LSQ), head W8A8, embeddings float. Float teacher on the same windows: "
          f"{result['float_bpb']:.4f} bpb.\n\n")
-  md += ("## AdaBits: one joint model vs one model per bit-width (LSQ weights)\n\n"
-         "Joint: one fine-tune, each step the mean loss over the bit-widths (one LSQ step per "
-         "bit-width per layer, shared weights and a shared A8 activation quantizer), run at each "
-         "bit-width. Separate: one fine-tune per bit-width, the same number of steps.\n\n")
-  md += _report.markdown_table(
-      ["model"] + [f"W{b}A{A_BITS}" for b in bits],
-      [[m] + [cell(bpb_of(ada, m, b, A_BITS), n) for b in bits] for m in ("joint", "separate")])
-  md += "\nJoint - separate (mean bpb): " + ", ".join(
-      f"W{b} {np.mean(bpb_of(ada, 'joint', b, A_BITS)) - np.mean(bpb_of(ada, 'separate', b, A_BITS)):+.4f}"
-      for b in bits if bpb_of(ada, "joint", b, A_BITS) and bpb_of(ada, "separate", b, A_BITS)) + "\n"
+  if ada:
+    md += adabits_section(ada, n)
   if frac:
     target = frac[0]["target_bitops"]
     md += (f"\n## FracBits vs uniform W{cfg['target_bits']}A{A_BITS} at its BitOPs "
@@ -374,7 +391,8 @@ def markdown(result: dict, command: str) -> str:
            f"Per-channel absmax weights (both rows). FracBits: {cfg['search_fraction']:.0%} of the "
            f"steps search (lambdas in [{cfg['min_bits']}, {cfg['max_bits']}] from "
            f"{cfg['target_bits'] + 0.5}, SGD lr {cfg['bits_lr']}, penalty |BitOPs/target - 1|), "
-           "then hardened to within 1% of the budget and fine-tuned at those bits for the rest.\n\n")
+           "then hardened to within 1% of the budget and fine-tuned at those bits for the "
+           "rest.\n\n")
     table = []
     for m in ("uniform", "FracBits"):
       sel = [r for r in frac if r["method"] == m]
@@ -394,11 +412,24 @@ def markdown(result: dict, command: str) -> str:
           ["layer", "MACs"] + [f"seed {s}" for s in seeds],
           [[p, f"{macs(result, p):,}"] + [f"{b} ({lam[s][p]:.2f})" for s, b in zip(seeds, v)]
            for p, v in per_layer.items()])
+      same = [s for s, r in zip(seeds, (r for r in frac if r["method"] == "FracBits"))
+              if all(l["w_bits"] == cfg["target_bits"] for l in r["allocation"]["layers"]
+                     if not l["path"].startswith("head/"))]
+      md += (f"\nSeeds whose hardened allocation is exactly uniform W{cfg['target_bits']}: "
+             f"{same or 'none'} (there FracBits and uniform differ only in the training: "
+             "the search steps run the interpolated bit-widths, only the rest the integer "
+             "ones).\n")
   md += method_gaps(rows)
   worst = max((r.get("served_minus_fake_max_abs_logit", 0.0) for r in rows), default=0.0)
   worst_bpb = max((abs(r.get("served_minus_fake_bpb_check", 0.0)) for r in rows), default=0.0)
   md += (f"\nServed vs fake on 8 windows: largest |logit difference| {worst:.2e}, largest |bpb "
          f"difference| {worst_bpb:.1e} (int8 dot path vs float matmul rounding, see lm_qat).\n")
+  if result.get("processes"):
+    md += (f"\nRun as {len(result['processes'])} processes side by side, one per part and seed, "
+           "their rows merged into this file: " + "; ".join(
+               f"`python -m experiments.lm_mixed --parts {q['part']} --seeds "
+               f"{' '.join(map(str, q['seeds']))} --steps {steps(q['part'])}` "
+               f"({q['total_seconds']} s)" for q in result["processes"]) + ".\n")
   cpu = sum(r.get("train_cpu_seconds", 0.0) for r in rows if r["part"] == "fracbits"
             or r["method"] == "separate" or r["w_bits"] == bits[0])
   m = result["machine"]
@@ -456,7 +487,10 @@ def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
-  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--steps", type=int, default=None,
+                      help="fine-tune steps (warmup scaled to 15%% of them, as 15 of 100)")
+  parser.add_argument("--parts", nargs="+", choices=FULL.parts, default=None,
+                      help="run only these parts (default both, FracBits first)")
   parser.add_argument("--resume", action="store_true",
                       help="reuse the rows of the existing (partial) JSON with the same setting")
   parser.add_argument("--from-json", action="store_true",
@@ -467,9 +501,12 @@ def main(argv: list[str] | None = None) -> dict:
   if args.seeds is not None:
     cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
   if args.steps is not None:
-    cfg = dataclasses.replace(cfg, steps=args.steps)
+    cfg = dataclasses.replace(cfg, steps=args.steps, warmup=max(1, round(0.15 * args.steps)))
+  if args.parts is not None:
+    cfg = dataclasses.replace(cfg, parts=tuple(args.parts))
   name = "lm_mixed_quick" if args.quick else "lm_mixed"
-  command = "python -m experiments.lm_mixed" + (" --quick" if args.quick else "")
+  command = "python -m experiments.lm_mixed" + (" --quick" if args.quick else "") + (
+      f" --steps {args.steps}" if args.steps is not None else "")
   json_path = os.path.join(args.out_dir, f"{name}.json")
   if args.from_json:
     with open(json_path) as f:
