@@ -434,8 +434,8 @@ def markdown(result: dict, command: str) -> str:
             or r["method"] == "separate" or r["w_bits"] == bits[0])
   m = result["machine"]
   md += (f"\n{m['device']} ({m['cpus']} cores, load {m['load_average_1min_at_end']:.1f}), jax "
-         f"{m['jax']}; training CPU {cpu:.0f} s, total {result.get('total_seconds', 0):.0f} s. "
-         f"`{command}`\n")
+         f"{m['jax']}; training CPU {cpu:.0f} s, total {result.get('total_seconds', 0):.0f} s."
+         + ("" if result.get("processes") else f" `{command}`") + "\n")
   return md
 
 
