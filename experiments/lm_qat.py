@@ -16,6 +16,10 @@ logits on one batch, and the train bpb at the first and last steps.
   python -m experiments.lm_qat            # results/lm_qat.{json,md,png}
   python -m experiments.lm_qat --quick    # quick teacher, one config, few steps: lm_qat_quick.*
   python -m experiments.lm_qat --seeds 0 1 2 --resume   # adds seeds, keeps the rows already run
+  python -m experiments.lm_qat --methods sat   # reruns SAT, keeps the other methods' saved rows
+
+Each row records its method's weight quantizer (``weight_quantizer``), so a table merged from
+runs of different code says which rows used which quantizer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import sys
 import time
 import warnings
 
@@ -107,6 +113,7 @@ def finetune(cfg: Config, model, params, corpus, method, w_bits, a_bits, seed, e
          "train_bpb_first": float(np.mean(losses[:k])) / math.log(2),
          "train_bpb_last": float(np.mean(losses[-k:])) / math.log(2),
          "finite": bool(np.all(np.isfinite(losses))),
+         "weight_quantizer": repr(recipe(method, w_bits, a_bits)[0]),
          "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(train_cpu, 1)}
   if not row["finite"]:
     return {**row, "test_bpb": float("nan")}
@@ -133,16 +140,39 @@ def resumable_rows(cfg: Config, path: str) -> dict[tuple, dict]:
   return {(r["method"], r["w_bits"], r["a_bits"], r["seed"]): r for r in earlier["rows"]}
 
 
-def run(cfg: Config, on_row=None, done: dict[tuple, dict] | None = None) -> dict:
+def swept(cfg: Config, key: tuple) -> bool:
+  """Whether the (method, w_bits, a_bits, seed) ``key`` is one of ``cfg``'s runs."""
+  method, w_bits, a_bits, seed = key
+  return method in cfg.methods and (w_bits, a_bits) in cfg.bits and seed in cfg.seeds
+
+
+def split_saved(cfg: Config, saved: dict[tuple, dict], resume: bool) -> tuple[list[dict], dict]:
+  """Saved rows as (kept, done): rows outside ``cfg``'s sweep are kept as they are (merged into
+  the table); rows inside it are reused only when ``resume`` (else rerun)."""
+  kept = [r for k, r in saved.items() if not swept(cfg, k)]
+  done = {k: r for k, r in saved.items() if swept(cfg, k)} if resume else {}
+  return kept, done
+
+
+def merged_config(cfg: Config, rows: list[dict]) -> dict:
+  """``cfg`` as a dict with the methods and bit pairs of ``rows`` (kept rows included)."""
+  return {**dataclasses.asdict(cfg),
+          "methods": list(dict.fromkeys(r["method"] for r in rows)),
+          "bits": [list(b) for b in dict.fromkeys((r["w_bits"], r["a_bits"]) for r in rows)]}
+
+
+def run(cfg: Config, on_row=None, done: dict[tuple, dict] | None = None,
+        kept: list[dict] = ()) -> dict:
   """Every (bits, method, seed) of ``cfg``; rows found in ``done`` are reused, not rerun (and
-  passed to ``on_row`` with the new ones, so a partial file keeps them)."""
+  passed to ``on_row`` with the new ones, so a partial file keeps them); ``kept`` rows (other
+  methods' saved rows) come first in the result and every partial file."""
   model, params, info = require_teacher(cfg.teacher)
   corpus, _ = load_corpus()
   test = corpus["test"][:cfg.eval_windows]
   float_bpb = variables_bpb(model, {"params": params}, test)
   example = jnp.asarray(test[:1, :-1], jnp.int32)
   check = jnp.asarray(test[:8, :-1], jnp.int32)
-  rows, unused = [], dict(done or {})
+  rows, unused = list(kept), dict(done or {})
   for w_bits, a_bits in cfg.bits:
     for method in cfg.methods:
       for seed in cfg.seeds:
@@ -152,7 +182,7 @@ def run(cfg: Config, on_row=None, done: dict[tuple, dict] | None = None) -> dict
         print(rows[-1], flush=True)
         if on_row is not None:
           on_row(rows + list(unused.values()), float_bpb)
-  return {"config": dataclasses.asdict(cfg), "teacher": info.get("config"), "rows": rows,
+  return {"config": merged_config(cfg, rows), "teacher": info.get("config"), "rows": rows,
           "float_bpb": float_bpb,
           "eval_windows": int(len(test)), "test_windows": int(len(corpus["test"])),
           "machine": {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
@@ -195,6 +225,7 @@ def markdown(result: dict, command: str) -> str:
                                [[m] + [cell(m, w, a) for w, a in bits] for m in methods])
   md += f"\nFloat teacher on the same windows: {result['float_bpb']:.4f} bpb.\n"
   md += method_gaps(rows)
+  md += quantizers(rows)
   worst = max((r.get("served_minus_fake_max_abs_logit", 0.0) for r in rows), default=0.0)
   worst_bpb = max((abs(r.get("served_minus_fake_bpb_check", 0.0)) for r in rows), default=0.0)
   md += (f"\nServed vs fake on 8 windows: largest |logit difference| {worst:.2e}, largest "
@@ -205,8 +236,8 @@ def markdown(result: dict, command: str) -> str:
   cpu = sum(r["train_cpu_seconds"] for r in rows)
   m = result["machine"]
   md += (f"\n{m['device']} ({m['cpus']} cores, load {m['load_average_1min_at_end']:.1f}), jax "
-         f"{m['jax']}; training CPU {cpu:.0f} s, total {result['total_seconds']:.0f} s. "
-         f"`{command}`\n")
+         f"{m['jax']}; training CPU {cpu:.0f} s (all rows); the last command took "
+         f"{result['total_seconds']:.0f} s: `{command}`\n")
   return md
 
 
@@ -230,6 +261,22 @@ def method_gaps(rows: list[dict]) -> str:
   if not lines:
     return ""
   return ("\nMethod gaps (difference of means in units of the larger seed sd of the pair):\n\n"
+          + "\n".join(lines) + "\n")
+
+
+def quantizers(rows: list[dict]) -> str:
+  """Which weight quantizer (bits left out) each method's rows recorded, with their settings."""
+  settings: dict[tuple[str, str], list[str]] = {}
+  for r in rows:
+    q = re.sub(r"bits=\d+, ", "", r.get("weight_quantizer", "not recorded"))
+    name = f"W{r['w_bits']}A{r['a_bits']}"
+    keyed = settings.setdefault((r["method"], q), [])
+    if name not in keyed:
+      keyed.append(name)
+  lines = [f"- {m}: `{q}`: {', '.join(s)}" for (m, q), s in settings.items()]
+  return ("\nWeight quantizer of each method's rows (as recorded). Rows without a record were "
+          "run before commit bc92271, when the `sat` recipe used SAT's paper zero point "
+          "(`zero_point='grid'`); the `lsq` and `dorefa_pact` recipes are unchanged since.\n\n"
           + "\n".join(lines) + "\n")
 
 
@@ -267,6 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--bits", nargs="+", default=None, metavar="W,A",
                       help="weight,activation bit pairs in run order (default: the config's)")
+  parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                      help="methods to run (default: the config's); the saved rows (same setting) "
+                           "outside the --methods/--bits/--seeds sweep are kept in the table")
   parser.add_argument("--resume", action="store_true",
                       help="reuse the rows of the existing (partial) JSON with the same setting")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
@@ -280,9 +330,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = dataclasses.replace(cfg, bits=tuple(tuple(map(int, b.split(","))) for b in args.bits))
   if args.steps is not None:
     cfg = dataclasses.replace(cfg, steps=args.steps)
+  if args.methods is not None:
+    cfg = dataclasses.replace(cfg, methods=tuple(args.methods))
   start = time.time()
   name = "lm_qat_quick" if args.quick else "lm_qat"
-  command = "python -m experiments.lm_qat" + (" --quick" if args.quick else "")
+  command = " ".join(["python -m experiments.lm_qat", *(sys.argv[1:] if argv is None else argv)])
   if args.from_json:
     with open(os.path.join(args.out_dir, f"{name}.json")) as f:
       result = json.load(f)
@@ -292,15 +344,17 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
   def partial(rows, float_bpb):  # results so far, in case the sweep is cut short
-    part = {"config": dataclasses.asdict(cfg), "rows": rows, "float_bpb": float_bpb,
+    part = {"config": merged_config(cfg, rows), "rows": rows, "float_bpb": float_bpb,
             "partial": True, "eval_windows": cfg.eval_windows, "test_windows": "the",
             "machine": {"device": str(jax.devices()[0]), "cpus": os.cpu_count(),
                         "jax": jax.__version__, "load_average_1min_at_end": os.getloadavg()[0]},
             "total_seconds": time.time() - start}
     _report.write(name, part, markdown(part, command + " (partial)"), out_dir=args.out_dir)
 
-  done = resumable_rows(cfg, os.path.join(args.out_dir, f"{name}.json")) if args.resume else {}
-  result = run(cfg, on_row=partial, done=done)
+  saved = (resumable_rows(cfg, os.path.join(args.out_dir, f"{name}.json"))
+           if args.resume or args.methods is not None else {})
+  kept, done = split_saved(cfg, saved, args.resume)
+  result = run(cfg, on_row=partial, done=done, kept=kept)
   result["total_seconds"] = time.time() - start
   md = markdown(result, command)
   _report.write(name, result, md, out_dir=args.out_dir)
