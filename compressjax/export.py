@@ -3,13 +3,16 @@
 ``export`` follows the trace: it traces the model on example inputs, and for every site whose
 rule has a weight transform computes the op's weight operand from its parameter (through the
 same reshapes / transposes / scan slices the model applies, so a scanned stack exports as one
-stacked QArray), and writes the QArray that the transform's ``export`` makes. Site by site, one
-compiled function per (transform, operand steps, layout, shape): its temporaries are fused, so
-peak memory is the float parameters plus the packed ones plus about one packed site (on 208 MB
-of Dense weights: 1.2x the float bytes, ``benchmarks/export_memory.py``). Codes are the eager
-fake-quant's bit for bit only where the quantizer writes no division that XLA compiles
-differently in and out of a fusion (Uniform: ``quant.uniform._inverse``, tested). Transforms whose export reads values (``keep_zeros``) or that are unhashable run
-eagerly. Parameters that only such sites read are left out of the serving variables.
+stacked QArray), and writes the QArray that the transform's ``export`` makes. Site by site: a
+site of at least :data:`COMPILE_MIN_SIZE` weight elements runs one compiled function per
+(transform, operand steps, layout, shape), whose temporaries are fused, so peak memory is the
+float parameters plus the packed ones plus about one packed site (on 208 MB of Dense weights:
+1.2x the float bytes, ``benchmarks/export_memory.py``); smaller sites run op by op (their float
+temporaries are small, and eager ops compile once per primitive and shape, not per site). Codes
+are the eager fake-quant's bit for bit only where the quantizer writes no division that XLA
+compiles differently in and out of a fusion (Uniform: ``quant.uniform._inverse``, tested).
+Transforms whose export reads values (``keep_zeros``) or that are unhashable run eagerly.
+Parameters that only such sites read are left out of the serving variables.
 
 Serving (:func:`serve_handler`) computes each site on the fastest correct path:
 
@@ -129,13 +132,19 @@ def _has_weight_rule(spec, tr, name):
   return rule is not None and rule.weight is not None
 
 
+# Weight elements from which a site's export is compiled (fused temporaries) rather than run op by
+# op: 1 MB of f32. Below it compiling costs more time than the temporaries cost memory (the test
+# suite, which exports hundreds of tiny models, took 30% more CPU compiling every site).
+COMPILE_MIN_SIZE = 1 << 18
+
+
 def _export_weight(site: Site, transform, param, site_params, site_stats) -> QArray:
   one_layer = jax.ShapeDtypeStruct(tuple(site.shapes[site.weight_index]), site.dtypes[
       site.weight_index])
   view, _ = weight_view(site)
   params, stats = operand_state(transform, jax.eval_shape(view, one_layer), site_params,
                                 site_stats, "weight", site)
-  key = _SiteKey.of(site, transform)
+  key = _SiteKey.of(site, transform) if math.prod(np.shape(param)) >= COMPILE_MIN_SIZE else None
   try:
     if key is not None:
       try:

@@ -1,5 +1,7 @@
 """export(): serving outputs equal fake-quant outputs for every weight quantizer."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,8 @@ from compressjax.qarray import QArray
 from compressjax.quant.recipes import METHODS, recipe_rules
 from compressjax.quant.sat import SAT
 from compressjax.quant.uniform import Uniform
+
+export_lib = sys.modules["compressjax.export"]  # the package's `export` is the function
 
 WEIGHT_QUANTIZERS = [
     DoReFa(bits=1, kind="weight"),
@@ -41,6 +45,25 @@ def test_export_equals_fake_quant_at_every_site_kind(quantizer, toy_net, toy_inp
   served = jax.jit(serving_model.apply)(serving_vars, toy_input)
   scale = float(jnp.max(jnp.abs(expected))) + 1e-6
   assert _max_err(expected, served) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("quantizer", WEIGHT_QUANTIZERS[2:], ids=repr)
+def test_compiled_site_export_writes_the_eager_codes(quantizer, toy_net, toy_input, monkeypatch):
+  """Sites above ``COMPILE_MIN_SIZE`` export through one compiled function: the same codes as op
+  by op, and scales to an ulp (SAT's std divides differently when fused); here every site is
+  compiled by lowering the threshold to 0."""
+  model = cc.compress(toy_net, [cc.Rule(pattern=".", weight=quantizer)])
+  variables = model.init(jax.random.key(0), toy_input)
+  eager = export(model, variables, toy_input)[1]["served"]
+  monkeypatch.setattr(export_lib, "COMPILE_MIN_SIZE", 0)
+  compiled = export(model, variables, toy_input)[1]["served"]
+  assert jax.tree.structure(compiled) == jax.tree.structure(eager)
+  def same(a, b):
+    if np.issubdtype(np.asarray(a).dtype, np.floating):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(a, b)
+  jax.tree.map(same, compiled, eager)
 
 
 def test_export_equals_fake_quant_per_group(toy_net, toy_input):

@@ -40,7 +40,8 @@ def test_taps_return_the_tensors_the_model_computes():
 def test_taps_under_jit_and_with_mutable_state():
   model, v = _cnn()
   jitted = jax.jit(lambda v, x: taps(model, v, x, ["conv1"]))(v, X)
-  np.testing.assert_allclose(jitted["conv1"], taps(model, v, X, ["conv1"])["conv1"], rtol=1e-6)
+  eager = taps(model, v, X, ["conv1"])["conv1"]  # op by op: float rounding differs from jit's
+  np.testing.assert_allclose(jitted["conv1"], eager, rtol=1e-5, atol=1e-6)
   out, feats, state = apply_with_taps(model, v, X, paths=["bn1"], mutable=["batch_stats"],
                                       train=True)
   ref_out, ref_state = model.apply(v, X, train=True, mutable=["batch_stats"])
