@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,17 @@ def write(name: str, data: Any, markdown: str, out_dir: str = RESULTS_DIR) -> di
   with open(paths["md"], "w") as f:
     f.write(markdown)
   return paths
+
+
+def finish(name: str, result: dict, markdown: str, out_dir: str = RESULTS_DIR,
+           plot: Callable[[dict, str], Any] | None = None) -> dict:
+  """An experiment's last step: ``<name>.json`` and ``.md`` (and ``plot(result, <name>.png)``)
+  under ``out_dir``, the Markdown printed; returns ``result``."""
+  write(name, result, markdown, out_dir)
+  if plot is not None:
+    plot(result, os.path.join(out_dir, f"{name}.png"))
+  print(markdown)
+  return result
 
 
 def save_figure(fig: Any, path: str, dpi: int = 120) -> str:

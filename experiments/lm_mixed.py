@@ -525,10 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
   result = run(cfg, on_row=partial, done=done)
   result["total_seconds"] = time.time() - t0
   md = markdown(result, command)
-  _report.write(name, result, md, out_dir=args.out_dir)
-  plot(result, os.path.join(args.out_dir, f"{name}.png"))
-  print(md)
-  return result
+  return _report.finish(name, result, md, args.out_dir, plot)
 
 
 if __name__ == "__main__":

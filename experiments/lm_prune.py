@@ -170,9 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
   result["total_seconds"] = time.time() - start
   name = "lm_prune_quick" if args.quick else "lm_prune"
   md = markdown(result, "python -m experiments.lm_prune" + (" --quick" if args.quick else ""))
-  _report.write(name, result, md, out_dir=args.out_dir)
-  print(md)
-  return result
+  return _report.finish(name, result, md, args.out_dir)
 
 
 if __name__ == "__main__":

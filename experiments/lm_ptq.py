@@ -275,10 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(cfg)
     result["total_seconds"] = time.time() - start
   md = markdown(result, "python -m experiments.lm_ptq" + (" --quick" if args.quick else ""))
-  _report.write(name, result, md, out_dir=args.out_dir)
-  plot(result, os.path.join(args.out_dir, f"{name}.png"))
-  print(md)
-  return result
+  return _report.finish(name, result, md, args.out_dir, plot)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from compressjax.quant.base import Quantizer
@@ -88,3 +89,19 @@ def toy_net():
 @pytest.fixture
 def toy_input():
   return jax.random.normal(jax.random.key(1), (2, 5, 5, 1))
+
+
+@pytest.fixture
+def assert_same_export():
+  """``f(a, b)``: two exports' served trees hold equal codes (integer leaves) and scales / zero
+  points to an ulp (float leaves: a compiled conversion may divide differently from op by op)."""
+  def same(a, b):
+    a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+      if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+      else:
+        np.testing.assert_array_equal(x, y)
+  return same
+

@@ -48,7 +48,8 @@ def test_export_equals_fake_quant_at_every_site_kind(quantizer, toy_net, toy_inp
 
 
 @pytest.mark.parametrize("quantizer", WEIGHT_QUANTIZERS[2:], ids=repr)
-def test_compiled_site_export_writes_the_eager_codes(quantizer, toy_net, toy_input, monkeypatch):
+def test_compiled_site_export_writes_the_eager_codes(quantizer, toy_net, toy_input, monkeypatch,
+                                                     assert_same_export):
   """Sites above ``COMPILE_MIN_SIZE`` export through one compiled function: the same codes as op
   by op, and scales to an ulp (SAT's std divides differently when fused); here every site is
   compiled by lowering the threshold to 0."""
@@ -56,14 +57,7 @@ def test_compiled_site_export_writes_the_eager_codes(quantizer, toy_net, toy_inp
   variables = model.init(jax.random.key(0), toy_input)
   eager = export(model, variables, toy_input)[1]["served"]
   monkeypatch.setattr(export_lib, "COMPILE_MIN_SIZE", 0)
-  compiled = export(model, variables, toy_input)[1]["served"]
-  assert jax.tree.structure(compiled) == jax.tree.structure(eager)
-  def same(a, b):
-    if np.issubdtype(np.asarray(a).dtype, np.floating):
-      np.testing.assert_allclose(a, b, rtol=1e-6)
-    else:
-      np.testing.assert_array_equal(a, b)
-  jax.tree.map(same, compiled, eager)
+  assert_same_export(export(model, variables, toy_input)[1]["served"], eager)
 
 
 def test_export_equals_fake_quant_per_group(toy_net, toy_input):

@@ -1,5 +1,6 @@
 """Op-level sites on models the zoo does not contain, Linen and NNX: quantized, exported, served."""
 
+import sys
 import warnings
 
 import flax.linen as nn
@@ -106,6 +107,31 @@ def test_custom_layer_and_scanned_stack_are_sites_and_serve_as_integers():
   assert len(_qarrays(served)) == 3
   paths = serving_paths(serving, served, x)
   assert {p for p, _ in paths.values()} == {"int8 dot"}
+
+
+def test_compiled_export_of_custom_and_scanned_sites_linen_and_nnx(monkeypatch,
+                                                                   assert_same_export):
+  """With every site's export compiled (``COMPILE_MIN_SIZE`` 0; real models compile their large
+  sites), the custom einsum layer, the scanned stack (one vmapped conversion) and their NNX
+  versions hold the op-by-op export's codes and serve as fake-quant."""
+  model, x = ScanModel(), _x((5, 4))
+  cm = compress(model, CATCH_ALL)
+  variables = cm.init(jax.random.key(0), x)
+  nnx_models = [(compress(m(nnx.Rngs(0)), CATCH_ALL, xn), xn)
+                for m, xn in ((NNXCustom, _x((6, 4))), (NNXStack, _x((3, 4))))]
+  eager = [cj.export(cm, variables, x)[1]["served"]] + [
+      _nnx_served_equals_fake(m, xn).served for m, xn in nnx_models]
+  export_lib = sys.modules["compressjax.export"]
+  monkeypatch.setattr(export_lib, "COMPILE_MIN_SIZE", 0)
+  export_lib._compiled_export.cache_clear()  # pylint: disable=protected-access
+  compiled = [_served_equals_fake(cm, variables, x)[1]["served"]] + [
+      _nnx_served_equals_fake(m, xn).served for m, xn in nnx_models]
+  # Every site went through a compiled conversion (Linen: the einsum, the stack, the head; NNX:
+  # w, head, the stack); equal keys share one.
+  info = export_lib._compiled_export.cache_info()  # pylint: disable=protected-access
+  assert info.hits + info.misses == 6, info
+  for c, e in zip(compiled, eager):
+    assert_same_export(c, e)
 
 
 def test_scanned_stack_trains_then_serves():
