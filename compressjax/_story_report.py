@@ -68,9 +68,10 @@ def check_lines(summary: dict[str, Any]) -> list[str]:
   d = c["dispatch"]
   backends = ", ".join(f"{p} -> {b}" for p, b in d["backends"].items()) or "none"
   agree = ", ".join(f"{name} {n - k}/{n}" for name, k in c["prediction_mismatches"].items())
+  moved = ", ".join(f"{name} {k}" for name, k in c["images_with_moved_logits"].items())
   return [
       f"served vs fake-quant predictions on the test images agree: {agree} (max |logit diff| "
-      f"{c['max_logit_diff']:.2e})",
+      f"{c['max_logit_diff']:.2e}; images with a logit moved by a code rounded apart: {moved})",
       f"pruned weights exactly zero in the served kernels: "
       f"{'yes' if c['pruned_zero_when_served'] else 'NO'}",
       f"kernel dispatcher ({d['platform']}, {d['rows']} rows) for the served dot sites: "

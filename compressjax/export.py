@@ -455,21 +455,36 @@ def _padding_correction(site: Site, x_shape, w_int, zx, dw, col, k, per_out):
   if all(lo == hi == 0 for lo, hi in site.params["padding"]) or (np.isscalar(zx) and zx == 0):
     return 0.0
   spec = site.params["dimension_numbers"]
-  one = list(x_shape)
-  one[spec.lhs_spec[0]] = 1
   w = w_int.astype(jnp.float32) + jnp.asarray(dw, jnp.float32).reshape(
       [-1 if i == spec.rhs_spec[0] else 1 for i in range(w_int.ndim)] if np.size(dw) > 1 else ())
-  inside = site.primitive.bind(jnp.ones(one, jnp.float32), w, **{
-      **site.params, "preferred_element_type": jnp.float32})
+  params = {**site.params, "preferred_element_type": jnp.float32}
+  one = list(x_shape)
+  one[spec.lhs_spec[0]] = 1
+  if params.get("batch_group_count", 1) == 1:
+    # The input is all ones: summing the kernel over its input features first gives the same
+    # window sums from a one-image, one-channel conv (C times cheaper; groups need no split).
+    w = jnp.sum(w, axis=spec.rhs_spec[1], keepdims=True)
+    one[spec.lhs_spec[1]] = 1
+    params["feature_group_count"] = 1
+  inside = site.primitive.bind(jnp.ones(one, jnp.float32), w, **params)
   total = per_out(col) + k * per_out(dw)
   return jnp.asarray(zx, jnp.float32).reshape(()) * (total - inside)
 
 
 def _conv_nan(site: Site, x, y):
   """NaN wherever a NaN input falls in the output's receptive field (as float conv gives)."""
-  w_shape = site.shapes[1]
-  hit = site.primitive.bind(jnp.isnan(x).astype(jnp.float32), jnp.ones(w_shape, jnp.float32),
-                            **{**site.params, "preferred_element_type": jnp.float32})
+  params = {**site.params, "preferred_element_type": jnp.float32}
+  w_shape = list(site.shapes[1])
+  nan = jnp.isnan(x).astype(jnp.float32)
+  if params.get("batch_group_count", 1) == 1:
+    # Count NaNs per feature group first: a conv with one input channel per group sees the same
+    # windows (C / groups times cheaper than convolving every channel with ones).
+    spec, groups = params["dimension_numbers"], params["feature_group_count"]
+    c = spec.lhs_spec[1]
+    nan = jnp.moveaxis(nan, c, -1)
+    nan = jnp.moveaxis(nan.reshape(*nan.shape[:-1], groups, -1).sum(-1), -1, c)
+    w_shape[spec.rhs_spec[1]] = 1
+  hit = site.primitive.bind(nan, jnp.ones(w_shape, jnp.float32), **params)
   return jnp.where(hit > 0, jnp.nan, y)
 
 

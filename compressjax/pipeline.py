@@ -62,6 +62,9 @@ from compressjax.train.quantized import check_init, from_float, init_examples
 from compressjax.train.state import state_from_variables
 
 FILES = {"json": "summary.json", "markdown": "summary.md", "plot": "summary.png"}
+# A served logit further than this from fake-quant's: an activation code rounded apart (the int8
+# paths sum exactly where fake-quant sums floats; see compressjax.export), not summation order.
+LOGIT_TOL = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +306,7 @@ def _serve(teacher: _Teacher, m: _Compressed) -> dict[str, Any]:
       "served_accuracy": _accuracy(served, labels),
       "prediction_mismatches": int(np.sum(fake.argmax(-1) != served.argmax(-1))),
       "max_logit_diff": float(np.max(np.abs(fake - served))),
+      "images_with_moved_logits": int(np.sum(np.max(np.abs(fake - served), -1) > LOGIT_TOL)),
       "dispatch": {"platform": jax.default_backend(), "rows": len(images), "backends": dense},
   }
 
@@ -344,6 +348,7 @@ def _model_entry(teacher: _Teacher, label: str, m: _Compressed, served: dict,
           m.workdir, "checkpoints", str(m.steps)),
       "prediction_mismatches": served["prediction_mismatches"],
       "max_logit_diff": served["max_logit_diff"],
+      "images_with_moved_logits": served["images_with_moved_logits"],
       "artifacts": served["artifacts"],
   }
 
@@ -423,6 +428,8 @@ def _summary(story: Story, teacher: _Teacher, trained: dict, baselines: dict,
       "checks": {
           "prediction_mismatches": {m["name"]: m["prediction_mismatches"] for m in models[1:]},
           "max_logit_diff": max(m["max_logit_diff"] for m in models[1:]),
+          "images_with_moved_logits": {m["name"]: m["images_with_moved_logits"]
+                                       for m in models[1:]},
           "pruned_zero_when_served": all(masked_zero(p) for p in pruned),
           "dispatch": served["dispatch"],
       },
