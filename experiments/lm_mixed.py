@@ -80,6 +80,7 @@ class Config:
   teacher: str = "teacher"
   seeds: tuple[int, ...] = (0, 1, 2)
   adabits_bits: tuple[int, ...] = (8, 4, 2)
+  separate_bits: tuple[int, ...] | None = None  # separate models' bit-widths (None: adabits')
   target_bits: int = 3
   min_bits: int = 2
   max_bits: int = 8
@@ -94,8 +95,8 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", seeds=(0,), adabits_bits=(8, 2), steps=3, batch_size=4,
-               warmup=1, eval_windows=16)
+QUICK = Config(teacher="teacher_quick", seeds=(0,), adabits_bits=(8, 2), separate_bits=(2,),
+               steps=3, batch_size=4, warmup=1, eval_windows=16)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -203,7 +204,8 @@ def served(s: Setup, m, v, stats: dict, **row) -> dict:
 
 
 def run_adabits(cfg: Config, s: Setup, seed: int, done: dict) -> Iterator[dict]:
-  """The joint model's row at every bit-width, then one separate model's per bit-width."""
+  """The joint model's row at every bit-width, then one separate model's per bit-width
+  (``cfg.separate_bits``)."""
   bits = cfg.adabits_bits
   keys = [("joint", b, A_BITS, seed) for b in bits]
   if all(k in done for k in keys):
@@ -216,7 +218,7 @@ def run_adabits(cfg: Config, s: Setup, seed: int, done: dict) -> Iterator[dict]:
     for b, mb in zip(bits, switched):
       yield served(s, mb, v, stats, part="adabits", method="joint", w_bits=b, a_bits=A_BITS,
                    seed=seed)
-  for b in bits:
+  for b in bits if cfg.separate_bits is None else cfg.separate_bits:
     if ("separate", b, A_BITS, seed) in done:
       yield done[("separate", b, A_BITS, seed)]
       continue

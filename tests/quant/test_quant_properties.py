@@ -93,7 +93,7 @@ def _by_scale_group(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
   return mat.reshape(g, mat.shape[0] // g, mat.shape[1])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(q=quantizer(), x=inputs)
 def test_values_lie_on_the_grid_and_export_equals_fake(q, x):
   y, qa = _run(q, x)
