@@ -46,13 +46,22 @@ class TrainConfig:
 
 
 def load_corpus(data_dir: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """All windows of each stdlib_text split as uint8 (n, window) arrays, and the metadata."""
-  builder = prepared_stdlib_text(resolve_data_dir(data_dir))
+  """All windows of each stdlib_text split as read-only uint8 (n, window) arrays, and the
+  metadata. Decoded once per process and data directory (TFDS decodes record by record: about
+  6 s, which every experiment of one process, e.g. the tests' quick runs, paid again)."""
+  splits, meta = _decoded_corpus(resolve_data_dir(data_dir))
+  return dict(splits), dict(meta)
+
+
+@functools.lru_cache(maxsize=2)
+def _decoded_corpus(data_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  builder = prepared_stdlib_text(data_dir)
   splits = {}
   for split in ("train", "validation", "test"):
     source = builder.as_data_source(split=split)
     records = source.__getitems__(list(range(len(source))))  # tfds wants a Python list
     splits[split] = np.stack([r["tokens"] for r in records])
+    splits[split].setflags(write=False)
   return splits, dict(builder.info.metadata)
 
 
