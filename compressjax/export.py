@@ -311,6 +311,8 @@ def _int_path_refusal(site: Site, act, qw: QArray) -> str | None:
     return "per-token activation scales need a dot contracting only the input's last axis"
   if site.op != "dot_general" and any(d != 1 for d in site.params.get("lhs_dilation", ())):
     return "transposed convolution (input dilation): dilation holes are not code 0"
+  if site.op != "dot_general" and site.params.get("batch_group_count", 1) != 1:
+    return "batch-grouped convolution (a weight-gradient form)"
   return None
 
 
@@ -457,34 +459,29 @@ def _padding_correction(site: Site, x_shape, w_int, zx, dw, col, k, per_out):
   spec = site.params["dimension_numbers"]
   w = w_int.astype(jnp.float32) + jnp.asarray(dw, jnp.float32).reshape(
       [-1 if i == spec.rhs_spec[0] else 1 for i in range(w_int.ndim)] if np.size(dw) > 1 else ())
-  params = {**site.params, "preferred_element_type": jnp.float32}
+  # The input is all ones: summing the kernel over its input features first gives the same
+  # window sums from a one-image, one-channel conv (C times cheaper; groups need no split).
   one = list(x_shape)
-  one[spec.lhs_spec[0]] = 1
-  if params.get("batch_group_count", 1) == 1:
-    # The input is all ones: summing the kernel over its input features first gives the same
-    # window sums from a one-image, one-channel conv (C times cheaper; groups need no split).
-    w = jnp.sum(w, axis=spec.rhs_spec[1], keepdims=True)
-    one[spec.lhs_spec[1]] = 1
-    params["feature_group_count"] = 1
-  inside = site.primitive.bind(jnp.ones(one, jnp.float32), w, **params)
+  one[spec.lhs_spec[0]] = one[spec.lhs_spec[1]] = 1
+  inside = site.primitive.bind(
+      jnp.ones(one, jnp.float32), jnp.sum(w, axis=spec.rhs_spec[1], keepdims=True),
+      **{**site.params, "preferred_element_type": jnp.float32, "feature_group_count": 1})
   total = per_out(col) + k * per_out(dw)
   return jnp.asarray(zx, jnp.float32).reshape(()) * (total - inside)
 
 
 def _conv_nan(site: Site, x, y):
   """NaN wherever a NaN input falls in the output's receptive field (as float conv gives)."""
-  params = {**site.params, "preferred_element_type": jnp.float32}
+  # NaNs counted per feature group first: a conv with one input channel per group sees the
+  # same windows (C / groups times cheaper than convolving every channel with ones).
+  spec, groups = site.params["dimension_numbers"], site.params["feature_group_count"]
+  c = spec.lhs_spec[1]
+  nan = jnp.moveaxis(jnp.isnan(x).astype(jnp.float32), c, -1)
+  nan = jnp.moveaxis(nan.reshape(*nan.shape[:-1], groups, -1).sum(-1), -1, c)
   w_shape = list(site.shapes[1])
-  nan = jnp.isnan(x).astype(jnp.float32)
-  if params.get("batch_group_count", 1) == 1:
-    # Count NaNs per feature group first: a conv with one input channel per group sees the same
-    # windows (C / groups times cheaper than convolving every channel with ones).
-    spec, groups = params["dimension_numbers"], params["feature_group_count"]
-    c = spec.lhs_spec[1]
-    nan = jnp.moveaxis(nan, c, -1)
-    nan = jnp.moveaxis(nan.reshape(*nan.shape[:-1], groups, -1).sum(-1), -1, c)
-    w_shape[spec.rhs_spec[1]] = 1
-  hit = site.primitive.bind(nan, jnp.ones(w_shape, jnp.float32), **params)
+  w_shape[spec.rhs_spec[1]] = 1
+  hit = site.primitive.bind(nan, jnp.ones(w_shape, jnp.float32),
+                            **{**site.params, "preferred_element_type": jnp.float32})
   return jnp.where(hit > 0, jnp.nan, y)
 
 
