@@ -1,8 +1,11 @@
 """CAT on a small image-to-image task: prune a trained inception generator to 1/4 and 1/8 of its
 MACs and train the pruned student from scratch, with MSE feature distillation, or with KA.
 
-Task: grey -> RGB (colourisation) on 32x32 patches of six scikit-image sample images; PSNR and
-SSIM on the centre 128x128 squares of two held-out images (chelsea, coffee). The teacher is a
+Task (``--task``): denoising (RGB + Gaussian noise of sd 0.1, the full run's) or grey -> RGB
+colourisation, on 32x32 patches of six scikit-image sample images; PSNR and SSIM on the centre
+128x128 squares of two held-out images (chelsea, coffee). Colourising two unseen images leaves a
+network little to learn (its teacher stays within +1.2 dB of the grey input:
+results/cat_headroom.md); denoising does not. The teacher is a
 pix2pix-style generator with 4 inception-residual blocks of 6 branches (conv/depthwise x kernel
 1/3/5), BatchNorm, trained with 100 * L1 (the full run; ``--gan-weight 1`` adds pix2pix's hinge
 GAN against a conditional PatchGAN, which the CI-sized run keeps).
@@ -16,12 +19,13 @@ its held-out and training-image PSNR/SSIM recorded every ``eval_every`` steps; e
 configuration runs with each seed (student and discriminator init, batch order) for ``steps``.
 The generator's GAN term can be weighted, switched off (``--gan-weight 0``) or delayed
 (``--gan-warmup``), and the discriminator given its own learning rate (``--d-lr``).
-References: the grey input itself (the baseline) and a per-channel affine colour map fitted on
+References: the input itself (the baseline) and an affine map of each input pixel fitted on
 the training pixels (no network). MACs are per 32x32 example.
 
-  python -m experiments.cat                  # results/cat.{json,md,png} and cat_teacher.*
-  python -m experiments.cat --teacher-only   # results/cat_teacher.{json,md}
-  python -m experiments.cat --quick          # CI-sized: results/cat_quick.*, cat_teacher_quick.*
+  python -m experiments.cat                  # results/cat_denoise.{json,md,png}, cat_teacher_denoise.*
+  python -m experiments.cat --task gray2rgb  # results/cat_gray2rgb.*, cat_teacher_gray2rgb.*
+  python -m experiments.cat --teacher-only   # results/cat_teacher_denoise.{json,md}
+  python -m experiments.cat --quick          # CI-sized: results/cat_denoise_quick.*, ...
   # the same in parallel processes sharing one trained teacher, then one table:
   python -m experiments.cat --teacher-only --teacher-cache T.msgpack
   python -m experiments.cat --ratios 4 --seeds 0 --part --teacher-cache T.msgpack --out-dir P40
@@ -49,7 +53,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from compressjax.data.image_pairs import (TRAIN_IMAGES, ImagePairs, centre_crops, heldout_pairs,
+from compressjax.data.image_pairs import (TASKS, TRAIN_IMAGES, ImagePairs, centre_crops, heldout_pairs,
                                           pair_batches, train_patches)
 from compressjax.distill.cat import cat_prune, generator_macs
 from compressjax.distill.pix2pix import (FeatureDistill, GanState, evaluate_generator, generate,
@@ -89,12 +93,13 @@ class Config:
   distill_weight: float = 1.0
 
 
-# L1 alone: with the GAN term (D lr 1e-3) the teacher reached 16.71 / 18.15 / 17.80 dB held-out
-# after 600 / 1500 / 3000 steps, L1 alone 17.05 / 17.31 / 16.97 (results/cat_teacher.md): the
-# adversarial term is not what holds the teacher back, and L1 alone is cheaper and steadier.
-FULL = Config(gan_weight=0.0)
+# L1 alone: on gray2rgb, with the GAN term (D lr 1e-3) the teacher reached 16.71 / 18.15 / 17.80
+# dB held-out after 600 / 1500 / 3000 steps, L1 alone 17.05 / 17.31 / 16.97
+# (results/cat_teacher_gray2rgb.md): the adversarial term is not what holds the teacher back,
+# and L1 alone is cheaper and steadier.
+FULL = Config(task="denoise", gan_weight=0.0)
 # CI-sized: a 2-branch generator compiles much faster than the 6-branch one.
-QUICK = Config(seeds=(0,), num_patches=128, ngf=4, branch_width=4,
+QUICK = Config(task="denoise", seeds=(0,), num_patches=128, ngf=4, branch_width=4,
                branches=(("conv", 3), ("dw", 3)), steps=10, teacher_steps=10, ratios=(2,),
                min_width=2, gan_warmup=5, eval_every=5)
 
@@ -124,16 +129,17 @@ def gan_schedule(cfg: Config) -> float | Callable[[Any], Any]:
   return lambda step: cfg.gan_weight * (step >= cfg.gan_warmup)
 
 
-def grey_scores(pairs: ImagePairs) -> dict[str, float]:
-  """PSNR/SSIM of the one-channel input itself, repeated to RGB (the baseline)."""
-  return image_scores(np.repeat(pairs.inputs, 3, axis=-1), pairs.targets)
+def input_scores(pairs: ImagePairs) -> dict[str, float]:
+  """PSNR/SSIM of the input itself (a one-channel one repeated to RGB): the baseline."""
+  inputs = pairs.inputs
+  return image_scores(np.broadcast_to(inputs, pairs.targets.shape), pairs.targets)
 
 
-def colour_map_baseline(cfg: Config, test: ImagePairs) -> dict[str, float]:
-  """A reference without a network: per-channel affine map of the input (least squares over
-  every pixel of the training images), applied to the held-out inputs."""
+def affine_map_baseline(cfg: Config, test: ImagePairs) -> dict[str, float]:
+  """A reference without a network: an affine map from each input pixel's channels to its RGB
+  (least squares over every pixel of the training images), applied to the held-out inputs."""
   fit = centre_crops(cfg.task, TRAIN_IMAGES, cfg.short_side)
-  design = lambda x: np.stack([x.ravel(), np.ones(x.size)], 1)
+  design = lambda x: np.concatenate([x.reshape(-1, x.shape[-1]), np.ones((x[..., 0].size, 1))], 1)
   coef = np.linalg.lstsq(design(fit.inputs), fit.targets.reshape(-1, 3), rcond=None)[0]
   out = np.clip(design(test.inputs) @ coef, -1, 1).reshape(test.targets.shape)
   return image_scores(out.astype(np.float32), test.targets)
@@ -187,9 +193,9 @@ def run(cfg: Config, teacher_only: bool = False, teacher_cache: str | None = Non
   g_tx, d_tx = optax.adam(cfg.lr, b1=0.5), optax.adam(cfg.d_lr, b1=0.5)
   images = {"input": test.inputs, "target": test.targets}
   seen = centre_crops(cfg.task, TRAIN_IMAGES, cfg.short_side)
-  records: dict[str, Any] = {"grey_input": grey_scores(test),
-                             "colour_map": colour_map_baseline(cfg, test),
-                             "grey_input_train_images": grey_scores(seen)}
+  records: dict[str, Any] = {"input": input_scores(test),
+                             "affine_map": affine_map_baseline(cfg, test),
+                             "input_train_images": input_scores(seen)}
 
   teacher = uniform_generator(cfg.ngf, cfg.n_blocks, cfg.branch_width, branches=cfg.branches)
   curve = []
@@ -255,10 +261,11 @@ def summarize(cfg: Config, records: dict[str, Any]) -> str:
     m, sd = _report.mean_sd(vals)
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
-  g, c = records["grey_input"], records["colour_map"]
-  rows = [["grey input (no model)", "-", "-", "-", f"{g['psnr']:.2f}", f"{g['ssim']:.4f}"],
-          ["colour map (affine, no network)", "least squares", "-", "6", f"{c['psnr']:.2f}",
-           f"{c['ssim']:.4f}"],
+  g, c = records["input"], records["affine_map"]
+  in_channels = 3 if cfg.task == "denoise" else 1
+  rows = [["input (no model)", "-", "-", "-", f"{g['psnr']:.2f}", f"{g['ssim']:.4f}"],
+          ["affine map (no network)", "least squares", "-", f"{3 * (in_channels + 1)}",
+           f"{c['psnr']:.2f}", f"{c['ssim']:.4f}"],
           ["teacher", f"{cfg.teacher_steps} steps", f"{t['macs']:,.0f}", f"{t['params']:,}",
            f"{t['psnr']:.2f}", f"{t['ssim']:.4f}"]]
   for ratio in cfg.ratios:
@@ -289,8 +296,8 @@ def summarize(cfg: Config, records: dict[str, Any]) -> str:
           f"{cfg.teacher_steps} steps, every student {cfg.steps} steps; {training(cfg)}; "
           f"distillation weight {cfg.distill_weight} (KA: -sum KA over 4 block outputs; MSE: 1x1 "
           f"adaptors). Students: seeds {list(cfg.seeds)} (mean ± sd); one teacher. MACs per "
-          "example. The colour map is a reference, not the baseline: a per-channel affine map of "
-          "the input fitted on the training images' pixels.\n\n"
+          "example. The affine map is a reference, not the baseline: an affine map of each input "
+          "pixel to RGB fitted on the training images' pixels.\n\n"
           + _report.markdown_table(["model", "training", "MACs", "params", "PSNR (dB)", "SSIM"],
                                    rows)
           + f"\nPruned widths: {widths}.\n\nDifferences of means (seeds):\n" + "\n".join(claims)
@@ -306,21 +313,21 @@ def training(cfg: Config) -> str:
 
 
 def teacher_summary(cfg: Config, records: dict[str, Any]) -> str:
-  """The teacher's held-out and training-image scores along training, against the grey input."""
-  t, g, c = records["teacher"], records["grey_input"], records["colour_map"]
-  gt = records["grey_input_train_images"]
+  """The teacher's held-out and training-image scores along training, against the input."""
+  t, g, c = records["teacher"], records["input"], records["affine_map"]
+  gt = records["input_train_images"]
   rows = [[p["step"], f"{p['heldout']['psnr']:.2f}",
            f"{p['heldout']['psnr'] - g['psnr']:+.2f}", f"{p['heldout']['ssim']:.4f}",
            f"{p['train_images']['psnr']:.2f}", f"{p['train_images']['ssim']:.4f}"]
           for p in t["curve"]]
   return (f"## Teacher ({cfg.teacher_steps} steps; {training(cfg)})\n\n"
-          f"Held-out PSNR {t['psnr']:.2f} dB ({t['psnr'] - g['psnr']:+.2f} dB over the grey "
-          f"input's {g['psnr']:.2f}), SSIM {t['ssim']:.4f} (grey {g['ssim']:.4f}); the affine "
-          f"colour map scores {c['psnr']:.2f} dB / {c['ssim']:.4f}. Training images: centre "
-          f"squares of the 6 training images (their patches were seen in training; the grey "
+          f"Held-out PSNR {t['psnr']:.2f} dB ({t['psnr'] - g['psnr']:+.2f} dB over the "
+          f"input's {g['psnr']:.2f}), SSIM {t['ssim']:.4f} (input {g['ssim']:.4f}); the affine "
+          f"map scores {c['psnr']:.2f} dB / {c['ssim']:.4f}. Training images: centre "
+          f"squares of the 6 training images (their patches were seen in training; the "
           f"input scores "
           f"{gt['psnr']:.2f} dB / {gt['ssim']:.4f} there).\n\n"
-          + _report.markdown_table(["step", "held-out PSNR", "vs grey (dB)", "held-out SSIM",
+          + _report.markdown_table(["step", "held-out PSNR", "vs input (dB)", "held-out SSIM",
                                     "train-image PSNR", "train-image SSIM"], rows))
 
 
@@ -378,6 +385,7 @@ def merge_parts(dirs: list[str]) -> tuple[Config, dict[str, Any], dict[str, np.n
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 10 steps)")
+  parser.add_argument("--task", choices=TASKS, default=None, help="image-to-image task")
   parser.add_argument("--steps", type=int, default=None, help="steps of every student")
   parser.add_argument("--teacher-steps", type=int, default=None, help="steps of the teacher")
   parser.add_argument("--gan-weight", type=float, default=None,
@@ -390,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                            "else written after training")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR, help="where results are written")
   parser.add_argument("--teacher-only", action="store_true",
-                      help="train and score the teacher alone (vs the grey input): cat_teacher.*")
+                      help="train and score the teacher alone (vs the input): cat_teacher_<task>.*")
   parser.add_argument("--ratios", type=int, nargs="+", default=None, help="MAC reduction factors")
   parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds")
   parser.add_argument("--part", action="store_true",
@@ -400,13 +408,12 @@ def main(argv: list[str] | None = None) -> None:
                       help="tables of the --part outputs in these folders (trains nothing)")
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  overrides = {"steps": args.steps, "teacher_steps": args.teacher_steps,
+  overrides = {"task": args.task, "steps": args.steps, "teacher_steps": args.teacher_steps,
                "gan_weight": args.gan_weight, "gan_warmup": args.gan_warmup, "d_lr": args.d_lr,
                "ratios": args.ratios and tuple(args.ratios),
                "seeds": args.seeds and tuple(args.seeds)}
   cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
   command = " ".join(["python -m experiments.cat", *(sys.argv[1:] if argv is None else argv)])
-  suffix = "_quick" if args.quick else ""
   t0 = time.time()
   if args.merge:
     cfg, records, images = merge_parts(args.merge)
@@ -415,14 +422,15 @@ def main(argv: list[str] | None = None) -> None:
   if args.part:
     save_part(args.out_dir, cfg, records, images)
     return
+  suffix = f"_{cfg.task}" + ("_quick" if args.quick else "")
   t = records["teacher"]
   cached = f", loaded from {t['from_cache']}" if "from_cache" in t else ""
   teacher_md = (f"# CAT teacher\n\n{teacher_summary(cfg, records)}\n`{command.strip()}`; the "
                 f"teacher trained in {t['time_s']:.0f} s{cached}.\n")
   _report.write("cat_teacher" + suffix, {"config": dataclasses.asdict(cfg),
                                          "records": {k: records[k] for k in
-                                                     ("grey_input", "colour_map",
-                                                      "grey_input_train_images", "teacher")}},
+                                                     ("input", "affine_map",
+                                                      "input_train_images", "teacher")}},
                 teacher_md, args.out_dir)
   if args.teacher_only:
     print(teacher_md)

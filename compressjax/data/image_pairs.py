@@ -1,13 +1,17 @@
 """Paired image-to-image data from the sample images bundled with scikit-image (offline).
 
-Two tasks map a one-channel input to an RGB target: ``"gray2rgb"`` (colourisation) and
-``"edges2rgb"`` (Canny edges of the grey image). Training pairs are random patches (with random
-horizontal flips) of the training images; evaluation uses the centre square of *other* images,
-so no test pixel is ever seen in training. Every image is first resized so its short side is
-``short_side`` pixels. Inputs and targets are float32 NHWC in [-1, 1] (the generator's tanh range).
+Three tasks map an input to an RGB target: ``"gray2rgb"`` (colourisation, one-channel input),
+``"edges2rgb"`` (Canny edges of the grey image, one channel) and ``"denoise"`` (the RGB image
+plus Gaussian noise of sd ``NOISE_SD`` of the [0, 1] range, clipped: a task whose input is a
+fair baseline that a network can beat by several dB). Training pairs are random patches (with
+random horizontal flips) of the training images, each patch with its own noise; evaluation uses
+the centre square of *other* images (noise seeded by the image's name), so no test pixel is
+ever seen in training. Every image is first resized so its short side is ``short_side`` pixels.
+Inputs and targets are float32 NHWC in [-1, 1] (the generator's tanh range).
 """
 
 import dataclasses
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,7 +22,8 @@ from skimage.transform import resize
 
 from compressjax.train.batching import epoch_order
 
-TASKS = ("gray2rgb", "edges2rgb")
+TASKS = ("gray2rgb", "edges2rgb", "denoise")
+NOISE_SD = 0.1  # "denoise": 25.5 / 255, the usual benchmark level
 # RGB images that skimage ships inside its wheel (no download). "cat" is "chelsea" again.
 TRAIN_IMAGES = ("astronaut", "rocket", "motorcycle", "immunohistochemistry", "retina",
                 "hubble_deep_field")
@@ -33,7 +38,8 @@ _LOADERS = {
 
 @dataclasses.dataclass(frozen=True)
 class ImagePairs:
-  """inputs (N, H, W, 1) and targets (N, H, W, 3), float32 in [-1, 1]."""
+  """inputs (N, H, W, C) (C = 1, or 3 for "denoise") and targets (N, H, W, 3), float32 in
+  [-1, 1]."""
   inputs: np.ndarray
   targets: np.ndarray
 
@@ -54,16 +60,21 @@ def load_rgb(name: str, short_side: int = 128) -> np.ndarray:
   return np.clip(resize(img, size, anti_aliasing=True), 0.0, 1.0).astype(np.float32)
 
 
-def task_input(task: str, rgb: np.ndarray) -> np.ndarray:
-  """The one-channel input of ``task`` for an RGB image in [0, 1], in [-1, 1]."""
-  gray = rgb2gray(rgb)
-  if task == "gray2rgb":
-    x = gray
+def task_input(task: str, rgb: np.ndarray, rng: np.random.Generator | None = None
+               ) -> np.ndarray:
+  """The input of ``task`` for an RGB image in [0, 1], in [-1, 1] (HWC); "denoise" draws its
+  noise from ``rng``."""
+  if task == "denoise":
+    if rng is None:
+      raise ValueError('task "denoise" needs an rng for its noise')
+    x = np.clip(rgb + NOISE_SD * rng.standard_normal(rgb.shape), 0.0, 1.0)
+  elif task == "gray2rgb":
+    x = rgb2gray(rgb)[..., None]
   elif task == "edges2rgb":
-    x = skimage.feature.canny(gray, sigma=1.5).astype(np.float32)
+    x = skimage.feature.canny(rgb2gray(rgb), sigma=1.5).astype(np.float32)[..., None]
   else:
     raise ValueError(f"unknown task {task!r}; available: {TASKS}")
-  return (2.0 * x - 1.0).astype(np.float32)[..., None]
+  return (2.0 * x - 1.0).astype(np.float32)
 
 
 def train_patches(task: str, num_patches: int, patch_size: int = 32, seed: int = 0,
@@ -72,10 +83,11 @@ def train_patches(task: str, num_patches: int, patch_size: int = 32, seed: int =
   if patch_size > short_side:
     raise ValueError(f"patch_size {patch_size} exceeds short_side {short_side}")
   rng = np.random.default_rng(seed)
+  per_patch = task == "denoise"  # fresh noise for every patch
   xs, ys = [], []
   for i, name in enumerate(images):
     rgb = load_rgb(name, short_side)
-    full = np.concatenate([task_input(task, rgb), 2.0 * rgb - 1.0], axis=-1)
+    full = rgb if per_patch else np.concatenate([rgb, task_input(task, rgb)], axis=-1)
     count = num_patches // len(images) + (i < num_patches % len(images))
     for _ in range(count):
       r = rng.integers(0, full.shape[0] - patch_size + 1)
@@ -83,8 +95,8 @@ def train_patches(task: str, num_patches: int, patch_size: int = 32, seed: int =
       patch = full[r:r + patch_size, c:c + patch_size]
       if rng.random() < 0.5:
         patch = patch[:, ::-1]
-      xs.append(patch[..., :1])
-      ys.append(patch[..., 1:])
+      xs.append(task_input(task, patch, rng) if per_patch else patch[..., 3:])
+      ys.append(2.0 * patch[..., :3] - 1.0)
   return ImagePairs(np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32))
 
 
@@ -106,7 +118,7 @@ def centre_crops(task: str, images: Sequence[str], short_side: int = 128) -> Ima
     r = (rgb.shape[0] - short_side) // 2
     c = (rgb.shape[1] - short_side) // 2
     rgb = rgb[r:r + short_side, c:c + short_side]
-    xs.append(task_input(task, rgb))
+    xs.append(task_input(task, rgb, np.random.default_rng(zlib.crc32(name.encode()))))
     ys.append(2.0 * rgb - 1.0)
   return ImagePairs(np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32))
 

@@ -104,7 +104,7 @@ def test_impossible_targets_and_bad_params_are_refused():
     cat_prune(other, VARS, X, 1e9)
 
 
-def test_experiment_gan_schedule_and_colour_map_reference():
+def test_experiment_gan_schedule_and_affine_map_reference():
   import dataclasses  # pylint: disable=g-import-not-at-top
   from compressjax.data.image_pairs import heldout_pairs  # pylint: disable=g-import-not-at-top
   from experiments import cat as exp  # pylint: disable=g-import-not-at-top
@@ -113,9 +113,13 @@ def test_experiment_gan_schedule_and_colour_map_reference():
   sched = exp.gan_schedule(cfg)
   assert [float(sched(jnp.asarray(s))) for s in (0, 2, 3, 9)] == [0.0, 0.0, 0.5, 0.5]
   assert exp.gan_schedule(dataclasses.replace(cfg, gan_warmup=0)) == 0.5
-  test = heldout_pairs(cfg.task, short_side=cfg.short_side)
-  ref = exp.colour_map_baseline(cfg, test)
-  assert ref["psnr"] > exp.grey_scores(test)["psnr"] + 1.0  # the training colour cast carries over
+  grey = dataclasses.replace(cfg, task="gray2rgb")
+  test = heldout_pairs(grey.task, short_side=grey.short_side)
+  ref = exp.affine_map_baseline(grey, test)
+  assert ref["psnr"] > exp.input_scores(test)["psnr"] + 1.0  # the training colour cast carries over
+  noisy = heldout_pairs("denoise", short_side=cfg.short_side)  # 3-channel inputs: a 4x3 map
+  ref, base = exp.affine_map_baseline(cfg, noisy), exp.input_scores(noisy)
+  assert ref["psnr"] > base["psnr"] + 0.5  # mixing the channels averages some noise away
   assert "1.0 * hinge GAN after 5 steps of L1 alone" in exp.training(exp.QUICK)
   assert exp.training(exp.FULL).endswith("generator loss 100.0 * L1 (no GAN term)")
 
@@ -127,7 +131,7 @@ def test_experiment_parts_merge_into_one_table(tmp_path):
   def run_record(seed):
     return {"seed": seed, "psnr": 20.0 + seed, "ssim": 0.5, "train_metrics": {}, "time_s": 1.0}
 
-  shared = {"grey_input": {"psnr": 16.0, "ssim": 0.4}, "teacher": {"psnr": 19.0}}
+  shared = {"input": {"psnr": 16.0, "ssim": 0.4}, "teacher": {"psnr": 19.0}}
   parts = [((4,), (0,)), ((4,), (1,)), ((8,), (0,))]
   for i, (ratios, seeds) in enumerate(parts):
     cfg = dataclasses.replace(exp.QUICK, ratios=ratios, seeds=seeds)

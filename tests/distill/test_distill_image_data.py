@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from compressjax.data.image_pairs import (TEST_IMAGES, TRAIN_IMAGES, centre_crops, heldout_pairs,
+from compressjax.data.image_pairs import (NOISE_SD, TEST_IMAGES, TRAIN_IMAGES, centre_crops, heldout_pairs,
                                           load_rgb, pair_batches, task_input, train_patches)
 from compressjax.distill.image_metrics import psnr, ssim
 
@@ -44,6 +44,22 @@ def test_patches_and_held_out_images():
   np.testing.assert_array_equal(seen.targets[0], 2 * load_rgb("astronaut", 64) - 1)  # square
   batches = list(pair_batches(d, 4, seed=0, epoch=0))
   assert len(batches) == 3 and batches[0][0].shape == (4, 16, 16, 1)
+
+
+def test_denoise_pairs_carry_fresh_seeded_noise():
+  d = train_patches("denoise", 6, patch_size=16, seed=0, images=("astronaut",), short_side=64)
+  assert d.inputs.shape == d.targets.shape == (6, 16, 16, 3)
+  noise = (d.inputs - d.targets) / 2  # in [0, 1] units; clipping only shrinks it
+  inside = np.abs(d.targets) < 0.5  # pixels far from the clip
+  np.testing.assert_allclose(noise[inside].std(), NOISE_SD, rtol=0.1)
+  assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.1  # per patch
+  again = train_patches("denoise", 6, patch_size=16, seed=0, images=("astronaut",), short_side=64)
+  np.testing.assert_array_equal(d.inputs, again.inputs)
+  t, t2 = heldout_pairs("denoise", short_side=32), heldout_pairs("denoise", short_side=32)
+  np.testing.assert_array_equal(t.inputs, t2.inputs)  # the same noisy test images every time
+  assert t.inputs.min() >= -1 and t.inputs.max() <= 1 and not np.allclose(t.inputs, t.targets)
+  with pytest.raises(ValueError, match="needs an rng"):
+    task_input("denoise", load_rgb("coffee", 32))
 
 
 def test_bad_data_requests_are_refused():
