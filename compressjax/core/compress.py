@@ -532,13 +532,18 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
   rng = jax.random.key(0) if rng is None else rng
   dyn, rebuild = split_dynamic((args, kwargs))
 
+  # The compiled functions return only what they compute; the float arrays are put back around
+  # them, not copied through them (that would hold the model twice at the peak).
   @jax.jit
-  def build(variables, rng, dyn):
+  def transform_state(variables, rng, dyn):
     a, k = rebuild(dyn)
     out, result = _linen_call(model, as_dict(variables), a, k, rngs={"params": rng},
                               method=None, mutable=True, init=True)
     del out
-    params, stats = split_state(result.state)
+    return split_state(result.state)
+
+  def build(variables):
+    params, stats = transform_state(variables, rng, dyn)
     new = dict(as_dict(variables))
     new["params"] = {**new["params"], SITE_PARAMS: params}
     if stats:
@@ -546,13 +551,13 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
     return new
 
   @jax.jit
-  def recalibrate(variables, dyn):
+  def batch_stats(variables, dyn):
     a, k = rebuild(dyn)
-    return bn_recalibrate.linen_batch_stats(model, variables, a, k)
+    return bn_recalibrate.linen_batch_stats(model, variables, a, k)[bn_recalibrate.BATCH_STATS]
 
-  new = build(variables, rng, dyn)
+  new = build(variables)
   if bn_recalibrate.wanted(recalibrate_bn, model.compression) and (
       bn_recalibrate.BATCH_STATS in variables):
-    new = bn_recalibrate.alternate(new, lambda v: recalibrate(v, dyn),
-                                   lambda v: build(v, rng, dyn))
+    new = bn_recalibrate.alternate(
+        new, lambda v: {**v, bn_recalibrate.BATCH_STATS: batch_stats(v, dyn)}, build)
   return new

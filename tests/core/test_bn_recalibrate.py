@@ -9,6 +9,7 @@ from flax import nnx
 
 import compressjax as cj
 from compressjax.core import Rule
+from compressjax.core.tree_paths import flat_paths, get_path
 from compressjax.quant import PACT, SAT, DoReFa
 
 WEIGHTS = {"sat": SAT(bits=2, kind="weight"), "dorefa": DoReFa(bits=2, kind="weight")}
@@ -43,6 +44,10 @@ def test_linen_eval_outputs_equal_batch_normalised_outputs_on_init_batch(method)
   np.testing.assert_allclose(model.apply(variables, x), train_out, atol=2e-5)
   stale = cj.init_from(model, float_vars, x, train=False, recalibrate_bn=False)
   assert float(jnp.abs(model.apply(stale, x) - train_out).max()) > 0.1
+  # the float kernels come back as the very arrays given (a large model is not held twice)
+  for v in (variables, stale):
+    for name, leaf in flat_paths(float_vars["params"]):
+      assert get_path(v["params"], name) is leaf, name
 
 
 class NNXNet(nnx.Module):
