@@ -6,13 +6,17 @@ Each measurement runs in a fresh subprocess. By default it first exports a one-l
 the same width, so the eager per-site export ops are compiled (a fixed ~100-200 MB of compiler
 memory that does not grow with the model; ``--cold`` skips this and counts it). It then
 records the resident set (RSS, /proc/self/status; after ``gc`` and glibc ``malloc_trim``, so
-buffers freed earlier are not counted, nor reused unseen by export), builds the compressed
-variables (``cj.init_from``), records the RSS again, resets the peak (``/proc/self/clear_refs`` 5) so it
-counts export alone, exports, and reads the peak (VmHWM; ru_maxrss if the reset is refused).
-Reported, in units of the float parameter bytes:
+buffers freed earlier are not counted, nor reused unseen by export), builds the float variables
+as a checkpoint restore would (host arrays of the init's shapes; no init program compiled) and
+the compressed ones (``cj.init_from``), records the RSS again, resets the peak
+(``/proc/self/clear_refs`` 5) so it counts export alone, exports, and reads the peak (VmHWM;
+ru_maxrss if the reset is refused). Reported, in units of the float parameter bytes:
+* ``init_peak_over_float``: the peak while the float and compressed variables are built, minus
+  the RSS before (``init_from`` returns the float arrays it was given, not copies);
 * ``export_extra``: peak minus the RSS with the float variables in place (what export adds);
 * ``peak_over_float``: peak minus the RSS before the model's parameters existed, i.e. float
-  params + packed params + export's temporaries. Goal <= 1.3.
+  params + packed params + export's temporaries (+ the compiled code of ``init_from``'s and,
+  cold, export's programs). Goal <= 1.3.
 glibc's ``MALLOC_*`` environment (e.g. ``MALLOC_MMAP_THRESHOLD_=1048576``, which returns freed
 large buffers to the OS at once) is passed to the subprocess and recorded.
 
@@ -59,6 +63,30 @@ def reset_peak() -> bool:
     return False
 
 
+def loaded_float_variables(model, x) -> dict:
+  """Float variables of ``model`` as a checkpoint load gives them: arrays of the shapes its init
+  would make (``jax.eval_shape``, nothing compiled), filled on the host (kernels N(0, 1/fan_in),
+  biases 0, scales 1) and put on the device. A large model is restored, not initialised, so no init program's compiled code
+  sits in the measured memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def fill(path, s):
+    if len(s.shape) > 1:  # kernels
+      return jax.device_put(rng.standard_normal(s.shape, np.float32) / np.sqrt(s.shape[0]))
+    return jax.device_put(np.full(s.shape, path[-1].key == "scale", s.dtype))  # biases 0, scales 1
+
+  return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(model.init, jax.random.key(0), x))
+
+
+def peak_bytes(since_reset: bool) -> int:
+  """The peak RSS since ``reset_peak`` (VmHWM), or since the start where it was refused."""
+  if since_reset:
+    return rss_bytes("VmHWM")
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(layers: int, width: int, warm: bool) -> dict:
   """Runs in the fresh subprocess; returns the measurement."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -86,7 +114,7 @@ def child(layers: int, width: int, warm: bool) -> dict:
   def compressed(depth):
     model = Stack(depth)
     qmodel = cj.compress(model, rules)
-    variables = cj.init_from(qmodel, jax.jit(model.init)(jax.random.key(0), x), x)
+    variables = cj.init_from(qmodel, loaded_float_variables(model, x), x)
     return qmodel, jax.block_until_ready(variables)
 
   if warm:  # compile the per-site export ops once on a one-layer stack of the same width
@@ -94,7 +122,9 @@ def child(layers: int, width: int, warm: bool) -> dict:
   gc.collect()
   trim_heap()
   base = rss_bytes()
+  resettable = reset_peak()
   qmodel, variables = compressed(layers)
+  init_peak = peak_bytes(resettable)
   float_bytes = sum(l.nbytes for l in jax.tree.leaves(variables["params"]))
   gc.collect()
   trim_heap()
@@ -102,13 +132,13 @@ def child(layers: int, width: int, warm: bool) -> dict:
   resettable = reset_peak()
   serving_model, serving_vars = cj.export(qmodel, variables, x)
   jax.block_until_ready(serving_vars)
-  peak = rss_bytes("VmHWM") if resettable else resource.getrusage(
-      resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = peak_bytes(resettable)
   packed = size_report(serving_vars).total_bytes
   del serving_model
   return {"layers": layers, "width": width, "warm": warm, "float_param_bytes": float_bytes,
           "packed_bytes": packed, "rss_runtime_bytes": base, "rss_with_params_bytes": with_params,
           "peak_bytes": peak, "peak_reset": resettable,
+          "init_peak_over_float": (init_peak - base) / float_bytes,
           "export_extra": (peak - with_params) / float_bytes,
           "peak_over_float": (peak - base) / float_bytes}
 
