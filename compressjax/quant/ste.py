@@ -19,7 +19,22 @@ def _identity_tangent(f):
   return g
 
 
-round_ste = _identity_tangent(lambda x: jnp.round(x))
+def rint(x: Array) -> Array:
+  """``round(x)``, half to even: ``jnp.round`` without its jit wrapper (one op per call in the
+  training graph instead of a nested call to trace, lower and inline)."""
+  return jax.lax.round(x, jax.lax.RoundingMethod.TO_NEAREST_EVEN)
+
+
+def select(pred: Array, on_true: Array | float, on_false: Array | float) -> Array:
+  """``jnp.where(pred, on_true, on_false)`` (same broadcasting and dtype promotion) as one
+  ``lax.select``, without ``jnp.where``'s jit wrapper."""
+  dtype = jnp.result_type(on_true, on_false)
+  shape = jnp.broadcast_shapes(jnp.shape(pred), jnp.shape(on_true), jnp.shape(on_false))
+  full = lambda a, t: jnp.broadcast_to(jnp.asarray(a, t), shape)
+  return jax.lax.select(full(pred, bool), full(on_true, dtype), full(on_false, dtype))
+
+
+round_ste = _identity_tangent(rint)
 round_ste.__doc__ = "``round(x)`` (half to even) forward, identity backward."
 floor_ste = _identity_tangent(lambda x: jnp.floor(x))
 floor_ste.__doc__ = "``floor(x)`` forward, identity backward."
@@ -35,7 +50,7 @@ def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int) -> Array
   clamped bound outside. ``lo``/``hi`` are integer-valued (constants or calibrated arrays) and get
   no derivative.
   """
-  return clip(jnp.round(v / step), lo, hi) * step
+  return clip(rint(v / step), lo, hi) * step
 
 
 @fake_quant.defjvp
@@ -43,10 +58,10 @@ def _fake_quant_jvp(primals, tangents):
   v, step, lo, hi = primals
   dv, dstep = tangents[:2]
   u = v / step
-  codes = clip(jnp.round(u), lo, hi)
+  codes = clip(rint(u), lo, hi)
   inside = (u > lo) & (u < hi)
   zero = jnp.zeros((), u.dtype)
-  return codes * step, jnp.where(inside, dv, zero) + dstep * (codes - jnp.where(inside, u, zero))
+  return codes * step, select(inside, dv, zero) + dstep * (codes - select(inside, u, zero))
 
 
 sign_ste = _identity_tangent(lambda x: jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype))
@@ -65,12 +80,21 @@ def clip(x: Array, lo: Array | float, hi: Array | float) -> Array:
   forms of LSQ (``-Q_N`` for ``v/s <= -Q_N``, ``Q_P`` for ``v/s >= Q_P``) and PACT
   (``d/d alpha = 1`` for ``x >= alpha``).
   """
-  return jnp.where(x <= lo, lo, jnp.where(x >= hi, hi, x))
+  return select(x <= lo, lo, select(x >= hi, hi, x))
 
 
+@jax.custom_jvp
 def grad_scale(s: Array, g: Array | float) -> Array:
   """``s`` forward, gradient multiplied by ``g`` backward (LSQ's step-size gradient scale).
 
-  The same as ``stop_gradient(s - s*g) + s*g`` but with a forward value of exactly ``s``.
+  A JVP rule rather than ``stop_gradient(s) + (s*g - stop_gradient(s*g))``: the forward value
+  is ``s`` itself with no ops in the graph, and ``g`` (a constant scale) gets no derivative.
   """
-  return jax.lax.stop_gradient(s) + (s * g - jax.lax.stop_gradient(s * g))
+  del g
+  return s
+
+
+@grad_scale.defjvp
+def _grad_scale_jvp(primals, tangents):
+  s, g = primals
+  return s, tangents[0] * g
