@@ -18,6 +18,7 @@ one state across iterations (carried).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +27,11 @@ from typing import Any
 import jax
 import jax.extend.core as jcore
 from jax import lax
+
+try:  # what jax.core.eval_jaxpr uses to keep op names (profiles, HLO metadata) and tracebacks
+  from jax._src import source_info_util as _source_info
+except ImportError:  # pragma: no cover - a JAX without it: ops lose their module names only
+  _source_info = None
 
 Array = jax.Array
 
@@ -266,6 +272,7 @@ class _Analysis:
     )
 
 
+
 def _body(eqn):
   for key in _INLINE:
     sub = eqn.params.get(key)
@@ -321,36 +328,41 @@ class _Evaluator:
     read = lambda v: v.val if isinstance(v, jcore.Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
+    dead = _dead_after(jaxpr)
     for i, eqn in enumerate(jaxpr.eqns):
-      here = (*path, i)
-      ins = [read(v) for v in eqn.invars]
-      site = self.sites.get(here)
-      if site is not None:
-        key = site.name
-        out, new = self.handler(site, ins, state.get(key))
-        if new is not None:
-          state[key] = new
-        outs = [out]
-      elif not self.inside(here) and any(x is ABSENT for x in ins):
-        outs = self._absent(eqn, ins)
-      elif not self.inside(here):
-        outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
-        outs = outs if eqn.primitive.multiple_results else [outs]
-      elif eqn.primitive.name == "scan":
-        outs = self._scan(eqn, ins, here, state)
-      elif eqn.primitive.name in ("checkpoint", "remat"):
-        outs = self._remat(eqn, ins, here, state)
-      elif eqn.primitive.name in ("while", "cond"):
-        raise NotImplementedError(
-            f"sites {[s.name for s in self.inside(here)]} are inside lax.{eqn.primitive.name}; "
-            "compressjax follows scan, jit, remat and custom-derivative calls only"
-        )
-      else:
-        sub = _body(eqn)
-        jaxpr_ = getattr(sub, "jaxpr", sub)
-        outs = self.run(jaxpr_, getattr(sub, "consts", ()), ins, (*here, 0), state)
+      with _as_traced(eqn):
+        outs = self._eqn(eqn, [read(v) for v in eqn.invars], (*path, i), state)
       env.update(zip(eqn.outvars, outs))
+      for v in dead.get(i, ()):  # run eagerly, intermediates are freed as in jax.core.eval_jaxpr
+        env.pop(v, None)
     return [read(v) for v in jaxpr.outvars], state
+
+  def _eqn(self, eqn, ins, here, state) -> list:
+    """The outputs of one equation: the handler at a site, else the primitive (or the
+    sub-jaxpr it calls, when sites lie inside)."""
+    site = self.sites.get(here)
+    if site is not None:
+      out, new = self.handler(site, ins, state.get(site.name))
+      if new is not None:
+        state[site.name] = new
+      return [out]
+    if not self.inside(here):
+      if any(x is ABSENT for x in ins):
+        return self._absent(eqn, ins)
+      outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+      return outs if eqn.primitive.multiple_results else [outs]
+    if eqn.primitive.name == "scan":
+      return self._scan(eqn, ins, here, state)
+    if eqn.primitive.name in ("checkpoint", "remat"):
+      return self._remat(eqn, ins, here, state)
+    if eqn.primitive.name in ("while", "cond"):
+      raise NotImplementedError(
+          f"sites {[s.name for s in self.inside(here)]} are inside lax.{eqn.primitive.name}; "
+          "compressjax follows scan, jit, remat and custom-derivative calls only"
+      )
+    sub = _body(eqn)
+    jaxpr_ = getattr(sub, "jaxpr", sub)
+    return self.run(jaxpr_, getattr(sub, "consts", ()), ins, (*here, 0), state)[0]
 
   def _absent(self, eqn, ins):
     if eqn.primitive.name in STRUCTURAL or _body(eqn) is not None or eqn.primitive.name == "scan":
@@ -413,3 +425,36 @@ class _Evaluator:
     state.update(carry_state)
     state.update({k: jax.tree_util.tree_map(lambda a: a[0], v) for k, v in made.items()})
     return [*carry_out, *ys]
+
+
+def _as_traced(eqn):
+  """The context ``eqn`` was traced in (its name stack under the current one, its traceback,
+  its equation context), as ``jax.core.eval_jaxpr`` re-enters it: the re-evaluated ops keep
+  their module names in HLO metadata and profiles, and quantizer ops get their site's."""
+  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+  stack = contextlib.ExitStack()
+  if _source_info is not None:
+    ours = eqn.source_info.name_stack  # less the cj: markers of the trace (see scoped)
+    ours = type(ours)(tuple(e for e in ours.stack if not e.name.startswith(_SCOPE)))
+    names = _source_info.current_name_stack() + ours
+    stack.enter_context(_source_info.user_context(eqn.source_info.traceback, name_stack=names))
+  if ctx is not None:
+    stack.enter_context(ctx)
+  return stack
+
+
+def _dead_after(jaxpr) -> dict[int, list]:
+  """Equation index -> the variables that no later equation nor the output reads."""
+  last = {}
+  for i, eqn in enumerate(jaxpr.eqns):
+    for v in eqn.invars:
+      if not isinstance(v, jcore.Literal):
+        last[v] = i
+    for v in eqn.outvars:
+      last.setdefault(v, i)  # never read: dead at once
+  kept = {v for v in jaxpr.outvars if not isinstance(v, jcore.Literal)}
+  dead: dict[int, list] = {}
+  for v, i in last.items():
+    if v not in kept:
+      dead.setdefault(i, []).append(v)
+  return dead

@@ -1,5 +1,6 @@
 """Op-level sites on models the zoo does not contain, Linen and NNX: quantized, exported, served."""
 
+import re
 import sys
 import warnings
 
@@ -158,6 +159,20 @@ def test_scanned_stack_trains_then_serves():
     losses.append(float(value))
   assert losses[-1] < losses[0]
   _served_equals_fake(model, {**variables, "params": params}, x)
+
+
+def test_compressed_ops_keep_the_model_names_in_the_compiled_program():
+  """Profiles and HLO metadata name ops as the float model's do (quantizer ops under their
+  site's module), without the trace's own scope markers."""
+  float_model, x = ScanModel(), _x((8, 4))
+  model = compress(float_model, CATCH_ALL)
+  names = lambda m: set(re.findall(r'op_name="([^"]*)"', jax.jit(m.apply).lower(
+      jax.eval_shape(m.init, jax.random.key(0), x), x).compile().as_text()))
+  ours, theirs = names(model), names(float_model)
+  scopes = lambda ns: {n.rsplit("/", 1)[0] for n in ns}
+  assert scopes(theirs) <= scopes(ours), scopes(theirs) - scopes(ours)
+  assert any(n.startswith("jit(apply)/ScanModel/CustomEinsum_0/") and "round" in n for n in ours)
+  assert not [n for n in ours if "cj:" in n]
 
 
 def test_other_method_and_tied_attend():
