@@ -4,9 +4,12 @@ Models: the digits CNN (batch 64), ResNet-20 (batch 128) and the ViT (batch 64).
 quantized steps are timed interleaved in one process (A, B, A, B, ...) so machine noise hits
 both alike; compile time is measured on a freshly built step each repetition, also
 interleaved. Ratios of medians are reported with the load average. Goals: step <= 1.10x and
-compile <= 1.3x float.
+compile <= 1.3x float. ``--flatten`` runs both steps with ``optax.flatten`` (one update over one
+raveled vector instead of one per leaf: QAT adds a small step-size leaf per quantized operand,
+and on CPU each leaf's update is a separate kernel). Each ``--label`` is one entry of the JSON.
 
   python benchmarks/qat_step.py [--reps 20] [--compile-reps 3] [--method lsq] [--bits 4]
+                                [--flatten] [--label NAME]
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from compressjax.train import create_train_state, make_train_step
 MODELS = {"cnn": ((8, 8, 1), 64), "resnet20": ((32, 32, 3), 128), "vit": ((8, 8, 1), 64)}
 
 
-def _step_and_state(model, x, y):
-  optimizer = optax.sgd(0.01, momentum=0.9)
+def _optimizer(flatten: bool):
+  sgd = optax.sgd(0.01, momentum=0.9)
+  return optax.flatten(sgd) if flatten else sgd
+
+
+def _step_and_state(model, x, y, flatten: bool):
+  optimizer = _optimizer(flatten)
   state = create_train_state(model, optimizer, x, jax.random.PRNGKey(0))
   return make_train_step(model, optimizer), state, {"image": x, "label": y}
 
@@ -42,15 +50,16 @@ def _time(step, state, batch):
   return state, time.perf_counter() - t
 
 
-def _compile_seconds(model, state, batch) -> float:
+def _compile_seconds(model, state, batch, flatten: bool) -> float:
   """Trace + lower + compile of a freshly built train step (no cache shared with earlier ones)."""
-  step = make_train_step(model, optax.sgd(0.01, momentum=0.9))
+  step = make_train_step(model, _optimizer(flatten))
   t = time.perf_counter()
   step.lower(state, batch).compile()
   return time.perf_counter() - t
 
 
-def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits: int) -> dict:
+def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits: int,
+          flatten: bool) -> dict:
   rng = np.random.default_rng(0)
   shape, batch = MODELS[name][0], batch or MODELS[name][1]
   x = rng.standard_normal((batch, *shape)).astype(np.float32)
@@ -58,7 +67,8 @@ def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits
   model = get_model(name, 10)
   sites = discover(model, x, train=False)
   qmodel = compress(model, recipe_rules(method, sites, w_bits=bits, a_bits=bits))
-  runs = {"float": _step_and_state(model, x, y), "qat": _step_and_state(qmodel, x, y)}
+  runs = {"float": _step_and_state(model, x, y, flatten),
+          "qat": _step_and_state(qmodel, x, y, flatten)}
   times = {k: [] for k in runs}
   states = {k: r[1] for k, r in runs.items()}
   for k, (step, _, b) in runs.items():  # compile and warm up
@@ -72,10 +82,11 @@ def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits
   models = {"float": model, "qat": qmodel}
   for _ in range(compile_reps):
     for k, (_, _, b) in runs.items():
-      compiles[k].append(_compile_seconds(models[k], states[k], b))
+      compiles[k].append(_compile_seconds(models[k], states[k], b, flatten))
   med = {k: float(np.median(v)) for k, v in times.items()}
   cmed = {k: float(np.median(v)) for k, v in compiles.items()}
   return {"model": name, "batch": batch, "method": method, "bits": bits,
+          "optimizer": "flatten(sgd)" if flatten else "sgd",
           "float_ms": 1e3 * med["float"], "qat_ms": 1e3 * med["qat"],
           "ratio": med["qat"] / med["float"], "reps": reps,
           "float_compile_s": cmed["float"], "qat_compile_s": cmed["qat"],
@@ -90,11 +101,14 @@ def main():
   parser.add_argument("--compile-reps", type=int, default=3)
   parser.add_argument("--method", default="lsq")
   parser.add_argument("--bits", type=int, default=4)
+  parser.add_argument("--flatten", action="store_true",
+                      help="optax.flatten around the optimizer, for float and QAT alike")
+  parser.add_argument("--label", default="", help="this run's name in the JSON")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args()
   device = jax.devices()[0]
-  rows = [bench(name, args.batch, args.reps, args.compile_reps, args.method, args.bits)
-          for name in MODELS]
+  rows = [bench(name, args.batch, args.reps, args.compile_reps, args.method, args.bits,
+                args.flatten) for name in MODELS]
   for r in rows:
     print(f"{r['model']:>9} batch {r['batch']}: float {r['float_ms']:.2f} ms, "
           f"{r['method']} W{r['bits']}A{r['bits']} {r['qat_ms']:.2f} ms, ratio {r['ratio']:.2f}x; "
@@ -103,10 +117,15 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   kind = device.device_kind.replace(" ", "_")
   path = os.path.join(args.out, f"qat_step_{kind}.json")
+  label = args.label or ("flatten" if args.flatten else "default")
+  runs = []
+  if os.path.exists(path):
+    with open(path) as f:
+      runs = [r for r in json.load(f).get("runs", []) if r["label"] != label]
   with open(path, "w") as f:
     json.dump({"device": device.device_kind, "platform": device.platform,
                "host": platform.processor() or platform.machine(), "jax": jax.__version__,
-               "results": rows}, f, indent=2)
+               "runs": runs + [{"label": label, "results": rows}]}, f, indent=2)
   print(f"saved {path}")
 
 
