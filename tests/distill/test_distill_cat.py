@@ -145,6 +145,19 @@ def test_experiment_parts_merge_into_one_table(tmp_path):
   assert [r["seed"] for r in records["1/4"]["runs"]["ka"]] == [0, 1]
   assert len(records["1/8"]["runs"]["ka"]) == 1 and records["teacher"] == {"psnr": 19.0}
   assert sorted(images) == ["1/4 ka", "1/8 ka", "input"] and images["1/4 ka"].max() == 0
+  # a part saved mid-run (a progress folder): its config names ratios and seeds not yet run
+  (tmp_path / "mid").mkdir()
+  exp.save_part(str(tmp_path / "mid"), dataclasses.replace(exp.QUICK, ratios=(4, 8), seeds=(0, 1)),
+                {**shared, "1/4": {"student": {"macs": 1, "params": 1, "down_widths": [4],
+                                               "block_widths": [[4]], "up_widths": [4]},
+                                   "runs": {"ka": [run_record(0)]}},
+                 "1/8": {"runs": {}}}, {})
+  cfg, records, _ = exp.merge_parts([str(tmp_path / "mid")])
+  assert cfg.ratios == (4,) and cfg.seeds == (0,) and "1/8" not in records
+  assert "1/4: down" in exp.summarize(cfg, {**records, "affine_map": shared["input"],
+                                           "input_train_images": shared["input"],
+                                           "teacher": {**shared["teacher"], "macs": 1,
+                                                       "params": 1, "ssim": 0.5, "curve": []}})
   exp.save_part(str(tmp_path / "0"), dataclasses.replace(exp.QUICK, steps=11), shared, {})
   with pytest.raises(ValueError, match="other settings"):
     exp.merge_parts([str(tmp_path / "1"), str(tmp_path / "0")])
