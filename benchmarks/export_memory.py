@@ -66,8 +66,8 @@ def reset_peak() -> bool:
 def loaded_float_variables(model, x) -> dict:
   """Float variables of ``model`` as a checkpoint load gives them: arrays of the shapes its init
   would make (``jax.eval_shape``, nothing compiled), filled on the host (kernels N(0, 1/fan_in),
-  biases 0, scales 1) and put on the device. A large model is restored, not initialised, so no init program's compiled code
-  sits in the measured memory."""
+  biases 0, scales 1) and put on the device. A large model is restored, not initialised, so no
+  init program's compiled code sits in the measured memory."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)

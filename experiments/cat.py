@@ -22,7 +22,7 @@ The generator's GAN term can be weighted, switched off (``--gan-weight 0``) or d
 References: the input itself (the baseline) and an affine map of each input pixel fitted on
 the training pixels (no network). MACs are per 32x32 example.
 
-  python -m experiments.cat                  # results/cat_denoise.{json,md,png}, cat_teacher_denoise.*
+  python -m experiments.cat                  # results/cat_denoise.{json,md,png}, cat_teacher_*
   python -m experiments.cat --task gray2rgb  # results/cat_gray2rgb.*, cat_teacher_gray2rgb.*
   python -m experiments.cat --teacher-only   # results/cat_teacher_denoise.{json,md}
   python -m experiments.cat --quick          # CI-sized: results/cat_denoise_quick.*, ...
@@ -54,8 +54,8 @@ import numpy as np
 import optax
 from flax import serialization
 
-from compressjax.data.image_pairs import (TASKS, TRAIN_IMAGES, ImagePairs, centre_crops, heldout_pairs,
-                                          pair_batches, train_patches)
+from compressjax.data.image_pairs import (TASKS, TRAIN_IMAGES, ImagePairs, centre_crops,
+                                          heldout_pairs, pair_batches, train_patches)
 from compressjax.distill.cat import cat_prune, generator_macs
 from compressjax.distill.pix2pix import (FeatureDistill, GanState, evaluate_generator, generate,
                                          generator_variables, image_scores, init_gan_state,
@@ -136,8 +136,7 @@ def gan_schedule(cfg: Config) -> float | Callable[[Any], Any]:
 
 def input_scores(pairs: ImagePairs) -> dict[str, float]:
   """PSNR/SSIM of the input itself (a one-channel one repeated to RGB): the baseline."""
-  inputs = pairs.inputs
-  return image_scores(np.broadcast_to(inputs, pairs.targets.shape), pairs.targets)
+  return image_scores(np.broadcast_to(pairs.inputs, pairs.targets.shape), pairs.targets)
 
 
 def affine_map_baseline(cfg: Config, test: ImagePairs) -> dict[str, float]:
@@ -147,7 +146,7 @@ def affine_map_baseline(cfg: Config, test: ImagePairs) -> dict[str, float]:
   design = lambda x: np.concatenate([x.reshape(-1, x.shape[-1]), np.ones((x[..., 0].size, 1))], 1)
   coef = np.linalg.lstsq(design(fit.inputs), fit.targets.reshape(-1, 3), rcond=None)[0]
   out = np.clip(design(test.inputs) @ coef, -1, 1).reshape(test.targets.shape)
-  return image_scores(out.astype(np.float32), test.targets)
+  return {**image_scores(out.astype(np.float32), test.targets), "params": int(coef.size)}
 
 
 def describe(g: Generator, variables: Any, example: np.ndarray) -> dict[str, Any]:
@@ -272,9 +271,8 @@ def summarize(cfg: Config, records: dict[str, Any]) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
   g, c = records["input"], records["affine_map"]
-  in_channels = 3 if cfg.task == "denoise" else 1
   rows = [["input (no model)", "-", "-", "-", f"{g['psnr']:.2f}", f"{g['ssim']:.4f}"],
-          ["affine map (no network)", "least squares", "-", f"{3 * (in_channels + 1)}",
+          ["affine map (no network)", "least squares", "-", f"{c['params']}",
            f"{c['psnr']:.2f}", f"{c['ssim']:.4f}"],
           ["teacher", f"{cfg.teacher_steps} steps", f"{t['macs']:,.0f}", f"{t['params']:,}",
            f"{t['psnr']:.2f}", f"{t['ssim']:.4f}"]]

@@ -272,7 +272,6 @@ class _Analysis:
     )
 
 
-
 def _body(eqn):
   for key in _INLINE:
     sub = eqn.params.get(key)

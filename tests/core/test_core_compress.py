@@ -14,6 +14,8 @@ from flax import nnx
 
 import compressjax as cj
 from compressjax.core import Rule, UnusedRuleWarning, compress, discover
+from compressjax.core.compress import SITE_PARAMS
+from compressjax.core.tree_paths import flat_paths, get_path
 from compressjax.export import serving_paths
 from compressjax.qarray import QArray
 from compressjax.quant import LSQ, PER_CHANNEL
@@ -173,6 +175,15 @@ def test_compressed_ops_keep_the_model_names_in_the_compiled_program():
   assert scopes(theirs) <= scopes(ours), scopes(theirs) - scopes(ours)
   assert any(n.startswith("jit(apply)/ScanModel/CustomEinsum_0/") and "round" in n for n in ours)
   assert not [n for n in ours if "cj:" in n]
+
+
+def test_init_from_keeps_the_float_arrays_of_custom_and_scanned_layers():
+  float_model, x = ScanModel(), _x((8, 4))
+  float_vars = float_model.init(jax.random.key(0), x)
+  variables = cj.init_from(compress(float_model, CATCH_ALL), float_vars, x)
+  for name, leaf in flat_paths(float_vars["params"]):  # not copies: the model is held once
+    assert get_path(variables["params"], name) is leaf, name
+  assert jax.tree.leaves(variables["params"][SITE_PARAMS])
 
 
 def test_other_method_and_tied_attend():

@@ -154,7 +154,8 @@ def test_experiment_parts_merge_into_one_table(tmp_path):
                  "1/8": {"runs": {}}}, {})
   cfg, records, _ = exp.merge_parts([str(tmp_path / "mid")])
   assert cfg.ratios == (4,) and cfg.seeds == (0,) and "1/8" not in records
-  assert "1/4: down" in exp.summarize(cfg, {**records, "affine_map": shared["input"],
+  affine = {**shared["input"], "params": 12}
+  assert "1/4: down" in exp.summarize(cfg, {**records, "affine_map": affine,
                                            "input_train_images": shared["input"],
                                            "teacher": {**shared["teacher"], "macs": 1,
                                                        "params": 1, "ssim": 0.5, "curve": []}})
