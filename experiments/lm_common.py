@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -196,6 +196,23 @@ def variables_bpb(model: nn.Module, variables: dict, tokens: np.ndarray,
     chunk = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
     total += float(_sum_nats(model, variables, chunk, mask))
   return total / (len(tokens) * (tokens.shape[1] - 1)) / math.log(2)
+
+
+def saved_rows(path: str, cfg: Any, sweep: tuple[str, ...],
+               key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+  """The rows of an earlier (possibly partial) run's JSON at ``path``, keyed by ``key``, when its
+  config equals the dataclass ``cfg`` except in the ``sweep`` fields; empty otherwise (with a
+  message when the file exists)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    earlier = json.load(f)
+  current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, like the file
+  if ({k: v for k, v in earlier["config"].items() if k not in sweep}
+      != {k: v for k, v in current.items() if k not in sweep}):
+    print(f"not resuming from {path}: its config differs", flush=True)
+    return {}
+  return {key(r): r for r in earlier["rows"]}
 
 
 def require_teacher(name: str) -> tuple[LM, Params, dict[str, Any]]:

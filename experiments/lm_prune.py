@@ -1,17 +1,24 @@
-"""Pruning and distillation of the cached LM teacher (short runs).
+"""Pruning and distillation of the cached LM teacher, several seeds.
 
-* Pruning (``compressjax.prune``): one-shot magnitude pruning of every block kernel (attention
-  query/key/value/out, MLP fc1/fc2; the head and embeddings stay dense) to 50% unstructured
-  (per layer) or 2:4 along each kernel's input axis, evaluated one-shot and after ``steps``
-  AdamW fine-tuning steps with the masks held (the pruner in the optax chain).
+* Pruning (``compressjax.prune``): magnitude pruning of every block kernel (attention
+  query/key/value/out, MLP fc1/fc2; the head and embeddings stay dense), fine-tuned ``steps``
+  AdamW steps with the pruner in the optax chain (masks held in its state):
+  50% unstructured (per layer) and 2:4 along each kernel's input axis, one-shot before the
+  fine-tune; 75% one-shot, and 75% gradual (Zhu & Gupta's cubic schedule from 0 to 75% over the
+  first ``gradual_fraction`` of the steps, masks recomputed every ``mask_frequency`` steps).
+  "dense" is the teacher fine-tuned the same steps without a pruner: what pruning is compared to.
 * Distillation (``compressjax.distill``): a half-width student (width 64, same depth, heads and
   context) trained from scratch for ``kd_steps`` steps with cross-entropy only vs Hinton's
   logit KD from the teacher (``hinton_loss``: ``(1 - alpha) CE + alpha T^2 KL``).
 
-Reported: float test bits per byte on the first ``eval_windows`` test windows (pruned weights
-are zeros in float kernels; no sparse export), and the measured sparsity of the pruned kernels.
+A seed sets the order of the training batches (and the student's initialization). Reported:
+float test bits per byte on the first ``eval_windows`` test windows (pruned weights are zeros in
+float kernels), mean ± sd over the seeds, and the measured sparsity of the pruned kernels. The
+JSON is rewritten after every run, so an interrupted sweep keeps what finished; ``--resume``
+reuses those rows.
 
   python -m experiments.lm_prune            # results/lm_prune.{json,md}
+  python -m experiments.lm_prune --resume   # after an interruption
   python -m experiments.lm_prune --quick
 """
 
@@ -19,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import time
 
@@ -28,149 +34,236 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import compressjax as cj
 from compressjax import distill, prune
 from compressjax.models.lm import LM
 from experiments import _report
 from experiments.lm_common import (batches, bits_per_byte, load_corpus, model_fields,
-                                   param_count, require_teacher, token_nats)
+                                   param_count, require_teacher, saved_rows, token_nats)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   teacher: str = "teacher"
-  steps: int = 100
+  seeds: tuple[int, ...] = (0, 1, 2)
+  steps: int = 300
   batch_size: int = 16
   lr: float = 5e-4
-  kd_steps: int = 200
+  gradual_fraction: float = 0.5
+  mask_frequency: int = 10
+  kd_steps: int = 1000
   kd_lr: float = 3e-3
-  kd_temperature: float = 2.0
+  kd_temperature: float = 1.0
   kd_alpha: float = 0.5
   eval_windows: int = 1024
-  patterns: tuple[str, ...] = ("50% unstructured", "2:4")
+  patterns: tuple[str, ...] = ("dense", "50% unstructured", "2:4", "75% one-shot",
+                               "75% gradual")
 
 
 FULL = Config()
-QUICK = Config(teacher="teacher_quick", steps=2, batch_size=4, kd_steps=2, eval_windows=16,
-               patterns=("2:4",))
+QUICK = Config(teacher="teacher_quick", seeds=(0,), steps=4, batch_size=4, mask_frequency=1,
+               kd_steps=2, eval_windows=16, patterns=("2:4", "75% gradual"))
 
-PATTERNS = {"50% unstructured": lambda layers: prune.magnitude(0.5, layers=layers,
-                                                              skip_first_last=False),
-            "2:4": lambda layers: prune.nm(2, 4, layers=layers, skip_first_last=False)}
+SWEEP = ("seeds", "patterns")  # what --resume may differ in
 
 
-def schedule(cfg: Config, lr: float, steps: int, warmup: int):
-  return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), max(steps, 2))
-
-
-def prune_runs(cfg: Config, model, params, corpus, test) -> list[dict]:
+def pruner(cfg: Config, pattern: str) -> optax.GradientTransformation | None:
+  """The pruning transform of ``pattern`` over the block kernels (None for "dense")."""
   layers = [prune.Rule(pattern="^head/", prune=False), prune.Rule(pattern="^block")]
-  rows = []
-  for name in cfg.patterns:
-    make = PATTERNS[name]
-    pruner = make(layers)
-    pruned, masks = prune.prune_once(pruner, params)
-    kept = [np.asarray(m) for m in jax.tree.leaves(masks)]
-    sparsity = 1.0 - sum(m.sum() for m in kept) / sum(m.size for m in kept)
-    one_shot = bits_per_byte(model, pruned, test)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule(cfg, cfg.lr, cfg.steps, cfg.steps // 10), b2=0.99,
-                                 weight_decay=0.0), make(layers))
-    opt_state = tx.init(pruned)
-
-    @jax.jit
-    def step(p, s, tokens, tx=tx):
-      loss, g = jax.value_and_grad(lambda p: token_nats(model, p, tokens).mean())(p)
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s, loss
-
-    p, start = pruned, time.process_time()
-    for _, tokens in zip(range(cfg.steps), batches(corpus["train"], cfg.batch_size, 7)):
-      p, opt_state, _ = step(p, opt_state, tokens)
-    p = prune.apply_masks(p, prune.get_masks(opt_state))
-    rows.append({"pattern": name, "sparsity_of_pruned_kernels": float(sparsity),
-                 "one_shot_bpb": one_shot, "finetuned_bpb": bits_per_byte(model, p, test),
-                 "steps": cfg.steps, "cpu_seconds": round(time.process_time() - start, 1)})
-    print(rows[-1], flush=True)
-  return rows
+  if pattern == "dense":
+    return None
+  if pattern == "2:4":
+    return prune.nm(2, 4, layers=layers, skip_first_last=False)
+  sparsity = {"50% unstructured": 0.5, "75% one-shot": 0.75, "75% gradual": 0.75}[pattern]
+  schedule = None
+  if pattern.endswith("gradual"):
+    schedule = prune.polynomial(0, max(1, round(cfg.gradual_fraction * cfg.steps)),
+                                frequency=cfg.mask_frequency)
+  return prune.magnitude(sparsity, schedule, layers=layers, skip_first_last=False)
 
 
-def kd_runs(cfg: Config, teacher, t_params, corpus, test) -> list[dict]:
+def warmup_cosine(lr: float, steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), max(steps, 2))
+
+
+def kernel_sparsity(masks) -> float:
+  kept = [np.asarray(m) for m in jax.tree.leaves(masks)]
+  return float(1.0 - sum(m.sum() for m in kept) / sum(m.size for m in kept))
+
+
+def prune_run(cfg: Config, pattern: str, seed: int, model, params, train, test) -> dict:
+  """Fine-tunes the teacher ``cfg.steps`` steps under ``pattern`` (one-shot patterns pruned
+  before the first step; gradual from dense)."""
+  prune_tx = pruner(cfg, pattern)
+  one_shot = prune_tx is not None and not pattern.endswith("gradual")
+  start_params = prune.prune_once(prune_tx, params)[0] if one_shot else params
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(warmup_cosine(cfg.lr, cfg.steps), b2=0.99, weight_decay=0.0),
+                   *([prune_tx] if prune_tx is not None else []))
+  opt_state = tx.init(start_params)
+
+  @jax.jit
+  def step(p, s, tokens):
+    loss, g = jax.value_and_grad(lambda p: token_nats(model, p, tokens).mean())(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, loss
+
+  p, start = start_params, time.process_time()
+  for _, tokens in zip(range(cfg.steps), batches(train, cfg.batch_size, seed)):
+    p, opt_state, _ = step(p, opt_state, tokens)
+  row = {"part": "prune", "pattern": pattern, "seed": seed, "steps": cfg.steps,
+         "sparsity_of_pruned_kernels": 0.0, "one_shot_bpb": None}
+  if prune_tx is not None:
+    masks = prune.get_masks(opt_state)
+    p = prune.apply_masks(p, masks)
+    row["sparsity_of_pruned_kernels"] = kernel_sparsity(masks)
+  if one_shot:
+    row["one_shot_bpb"] = bits_per_byte(model, start_params, test)
+  return {**row, "finetuned_bpb": bits_per_byte(model, p, test),
+          "cpu_seconds": round(time.process_time() - start, 1)}
+
+
+def kd_run(cfg: Config, kind: str, seed: int, teacher, t_params, train, test) -> dict:
+  """A half-width student trained from scratch with ``kind`` ("CE only" or "logit KD")."""
   student = LM(**{**model_fields(teacher), "width": teacher.width // 2})
-  example = jnp.zeros((1, corpus["train"].shape[1] - 1), jnp.int32)
-  rows = []
-  for kind in ("CE only", "logit KD"):
-    params = student.init(jax.random.key(0), example)["params"]
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule(cfg, cfg.kd_lr, cfg.kd_steps, cfg.kd_steps // 10),
-                                 b2=0.99, weight_decay=0.1,
-                                 mask=lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)))
-    opt_state = tx.init(params)
+  params = student.init(jax.random.key(seed), jnp.zeros((1, train.shape[1] - 1), jnp.int32))
+  params = params["params"]
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(warmup_cosine(cfg.kd_lr, cfg.kd_steps), b2=0.99, weight_decay=0.1,
+                               mask=lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)))
+  opt_state = tx.init(params)
 
-    @jax.jit
-    def step(p, s, tokens, tx=tx, kind=kind):
-      def loss_fn(p):
-        logits = student.apply({"params": p}, tokens[:, :-1])
-        labels = tokens[:, 1:]
-        v = logits.shape[-1]
-        if kind == "CE only":
-          return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        t_logits = teacher.apply({"params": t_params}, tokens[:, :-1])
-        return distill.hinton_loss(logits.reshape(-1, v), t_logits.reshape(-1, v),
-                                   labels.reshape(-1), temperature=cfg.kd_temperature,
-                                   alpha=cfg.kd_alpha)
-      loss, g = jax.value_and_grad(loss_fn)(p)
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s, loss
+  def loss_fn(p, tokens):
+    logits = student.apply({"params": p}, tokens[:, :-1])
+    labels = tokens[:, 1:]
+    if kind == "CE only":
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    t_logits = teacher.apply({"params": t_params}, tokens[:, :-1])
+    v = logits.shape[-1]
+    return distill.hinton_loss(logits.reshape(-1, v), t_logits.reshape(-1, v),
+                               labels.reshape(-1), temperature=cfg.kd_temperature,
+                               alpha=cfg.kd_alpha)
 
-    start = time.process_time()
-    for _, tokens in zip(range(cfg.kd_steps), batches(corpus["train"], cfg.batch_size, 11)):
-      params, opt_state, _ = step(params, opt_state, tokens)
-    rows.append({"student": f"width {student.width}", "loss": kind,
-                 "params": param_count(params), "steps": cfg.kd_steps,
-                 "test_bpb": bits_per_byte(student, params, test),
-                 "cpu_seconds": round(time.process_time() - start, 1)})
-    print(rows[-1], flush=True)
-  return rows
+  @jax.jit
+  def step(p, s, tokens):
+    loss, g = jax.value_and_grad(loss_fn)(p, tokens)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, loss
+
+  start = time.process_time()
+  for _, tokens in zip(range(cfg.kd_steps), batches(train, cfg.batch_size, 1000 + seed)):
+    params, opt_state, _ = step(params, opt_state, tokens)
+  return {"part": "kd", "student": f"width {student.width}", "loss": kind, "seed": seed,
+          "params": param_count(params), "steps": cfg.kd_steps,
+          "test_bpb": bits_per_byte(student, params, test),
+          "cpu_seconds": round(time.process_time() - start, 1)}
+
+
+def row_key(row: dict) -> tuple:
+  return row["part"], row.get("pattern", row.get("loss")), row["seed"]
+
+
+def run(cfg: Config, skip_kd: bool, on_row=None, done: dict | None = None) -> dict:
+  """Every (pattern, seed) and (loss, seed) of ``cfg``, seed by seed; rows in ``done`` (keyed by
+  ``row_key``) are reused; ``on_row`` gets the result so far after each row."""
+  model, params, _ = require_teacher(cfg.teacher)
+  corpus, _ = load_corpus()
+  train, test = corpus["train"], corpus["test"][:cfg.eval_windows]
+  result = {"config": dataclasses.asdict(cfg), "eval_windows": int(len(test)),
+            "teacher_bpb": bits_per_byte(model, params, test), "rows": []}
+  done = dict(done or {})
+  runs = [("prune", p) for p in cfg.patterns] + ([] if skip_kd else
+                                                 [("kd", k) for k in ("CE only", "logit KD")])
+  for seed in cfg.seeds:
+    for part, name in runs:
+      row = done.get((part, name, seed))
+      if row is None:
+        row = (prune_run(cfg, name, seed, model, params, train, test) if part == "prune"
+               else kd_run(cfg, name, seed, model, params, train, test))
+        print(row, flush=True)
+      result["rows"].append(row)
+      if on_row is not None:
+        on_row({**result, "partial": True})
+  return result
+
+
+def cell(values: list[float]) -> str:
+  if not values:
+    return "-"
+  mean, sd = _report.mean_sd(values)
+  return f"{mean:.4f} ± {sd:.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def gap(a: list[float], b: list[float]) -> str:
+  """mean(a) - mean(b), and in units of the larger sd."""
+  if not a or not b:
+    return "-"
+  (ma, sa), (mb, sb) = _report.mean_sd(a), _report.mean_sd(b)
+  sd = max(sa, sb)
+  return f"{ma - mb:+.4f}" + (f" ({(ma - mb) / sd:+.1f} sd)" if sd > 0 else "")
 
 
 def markdown(result: dict, command: str) -> str:
+  cfg, rows = result["config"], result["rows"]
+  seeds = sorted({r["seed"] for r in rows})
+  prune_rows = [r for r in rows if r["part"] == "prune"]
+  by_pattern = {p: [r for r in prune_rows if r["pattern"] == p] for p in cfg["patterns"]}
+  dense = [r["finetuned_bpb"] for r in by_pattern.get("dense", [])]
   md = "# LM pruning and distillation (float test bits per byte)\n\n"
   md += (f"Teacher: {result['teacher_bpb']:.4f} bpb on the first {result['eval_windows']} test "
-         "windows.\n\n")
+         f"windows. Mean ± sd over seeds {seeds}; one seed sets the batch order (and the "
+         "student's initialization).\n\n")
+  md += (f"## Pruning the block kernels: {cfg['steps']} fine-tune steps x {cfg['batch_size']} "
+         "windows\n\n")
   md += _report.markdown_table(
-      ["pattern (block kernels)", "sparsity", "one-shot bpb", f"after {result['config']['steps']} steps"],
-      [[r["pattern"], f"{r['sparsity_of_pruned_kernels']:.3f}", f"{r['one_shot_bpb']:.4f}",
-        f"{r['finetuned_bpb']:.4f}"] for r in result["prune"]])
-  md += "\n" + _report.markdown_table(
-      ["student", "params", "loss", f"bpb after {result['config']['kd_steps']} steps"],
-      [[r["student"], f"{r['params']:,}", r["loss"], f"{r['test_bpb']:.4f}"] for r in result["kd"]])
-  md += (f"\nOne seed each (no sd). KD: T={result['config']['kd_temperature']}, "
-         f"alpha={result['config']['kd_alpha']}. {result['machine']}, "
-         f"{result['total_seconds']:.0f} s. `{command}`\n")
+      ["pattern", "sparsity", "one-shot, before fine-tuning", f"after {cfg['steps']} steps",
+       "vs dense (same steps)"],
+      [[p, f"{rs[0]['sparsity_of_pruned_kernels']:.3f}",
+        cell([r["one_shot_bpb"] for r in rs if r["one_shot_bpb"] is not None]),
+        cell([r["finetuned_bpb"] for r in rs]),
+        "-" if p == "dense" else gap([r["finetuned_bpb"] for r in rs], dense)]
+       for p, rs in by_pattern.items() if rs])
+  if by_pattern.get("75% gradual"):
+    md += (f"\nGradual: cubic from 0 to 75% over the first {cfg['gradual_fraction']:.0%} of the "
+           f"steps, masks every {cfg['mask_frequency']} steps.\n")
+  kd = [r for r in rows if r["part"] == "kd"]
+  if kd:
+    by_loss = {k: [r["test_bpb"] for r in kd if r["loss"] == k] for k in ("CE only", "logit KD")}
+    md += (f"\n## Distillation: {kd[0]['student']} student ({kd[0]['params']:,} params) from "
+           f"scratch, {cfg['kd_steps']} steps x {cfg['batch_size']} windows\n\n")
+    md += _report.markdown_table(["loss", f"bpb after {cfg['kd_steps']} steps", "vs CE only"],
+                                 [[k, cell(v), "-" if k == "CE only" else gap(v, by_loss["CE only"])]
+                                  for k, v in by_loss.items() if v])
+    md += f"\nKD: T={cfg['kd_temperature']}, alpha={cfg['kd_alpha']}.\n"
+  md += f"\n{result['machine']}, {result['total_seconds']:.0f} s. `{command}`\n"
   return md
 
 
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--skip-kd", action="store_true")
+  parser.add_argument("--resume", action="store_true",
+                      help="reuse the rows of the existing (partial) JSON with the same setting")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
-  start = time.time()
-  model, params, _ = require_teacher(cfg.teacher)
-  corpus, _ = load_corpus()
-  test = corpus["test"][:cfg.eval_windows]
-  result = {"config": dataclasses.asdict(cfg), "eval_windows": int(len(test)),
-            "teacher_bpb": bits_per_byte(model, params, test),
-            "prune": prune_runs(cfg, model, params, corpus, test),
-            "kd": [] if args.skip_kd else kd_runs(cfg, model, params, corpus, test),
-            "machine": f"{jax.devices()[0]} ({os.cpu_count()} cores)"}
-  result["total_seconds"] = time.time() - start
+  if args.seeds is not None:
+    cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
   name = "lm_prune_quick" if args.quick else "lm_prune"
-  md = markdown(result, "python -m experiments.lm_prune" + (" --quick" if args.quick else ""))
-  return _report.finish(name, result, md, args.out_dir)
+  command = "python -m experiments.lm_prune" + (" --quick" if args.quick else "")
+  machine = f"{jax.devices()[0]} ({os.cpu_count()} cores)"
+  start = time.time()
+
+  def partial(part):  # results so far, in case the run is cut short
+    part = {**part, "machine": machine, "total_seconds": time.time() - start}
+    _report.write(name, part, markdown(part, command + " (partial)"), out_dir=args.out_dir)
+
+  done = (saved_rows(os.path.join(args.out_dir, f"{name}.json"), cfg, SWEEP, row_key)
+          if args.resume else {})
+  result = run(cfg, args.skip_kd, on_row=partial, done=done)
+  result.update(machine=machine, total_seconds=time.time() - start)
+  return _report.finish(name, result, markdown(result, command), args.out_dir)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ from compressjax.core.compress import SITE_PARAMS
 from compressjax.core.matching import UnusedRuleWarning
 from compressjax.quant.recipes import recipe
 from experiments import _report
-from experiments.lm_common import (batches, load_corpus, require_teacher, variables_bpb,
-                                   variables_nats)
+from experiments.lm_common import (batches, load_corpus, require_teacher, saved_rows,
+                                   variables_bpb, variables_nats)
 from experiments.lm_ptq import serve_and_eval
 
 METHODS = ("lsq", "dorefa_pact", "sat")
@@ -120,24 +120,11 @@ def finetune(cfg: Config, model, params, corpus, method, w_bits, a_bits, seed, e
   return {**row, **serve_and_eval(m, {**rest, "params": p}, example, test, check)}
 
 
-def same_setting(a: dict, b: dict) -> bool:
-  """Whether two run configurations differ only in the methods, bit-widths and seeds swept."""
-  sweep = ("methods", "bits", "seeds")
-  return {k: v for k, v in a.items() if k not in sweep} == {k: v for k, v in b.items()
-                                                             if k not in sweep}
-
-
 def resumable_rows(cfg: Config, path: str) -> dict[tuple, dict]:
-  """Rows of an earlier (possibly partial) run at ``path`` with the same setting as ``cfg``,
-  keyed by (method, w_bits, a_bits, seed); empty when there is none."""
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    earlier = json.load(f)
-  if not same_setting(earlier["config"], json.loads(json.dumps(dataclasses.asdict(cfg)))):
-    print(f"not resuming from {path}: its config differs", flush=True)
-    return {}
-  return {(r["method"], r["w_bits"], r["a_bits"], r["seed"]): r for r in earlier["rows"]}
+  """Rows of an earlier (possibly partial) run at ``path`` that differs from ``cfg`` only in the
+  methods, bit-widths and seeds swept, keyed by (method, w_bits, a_bits, seed)."""
+  return saved_rows(path, cfg, ("methods", "bits", "seeds"),
+                    lambda r: (r["method"], r["w_bits"], r["a_bits"], r["seed"]))
 
 
 def swept(cfg: Config, key: tuple) -> bool:

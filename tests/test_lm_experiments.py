@@ -127,12 +127,29 @@ def test_mixed_quick_outputs(quick_runs):
 
 def test_prune_and_kd_quick(quick_runs):
   result = quick_runs["prune"]
-  assert os.path.getsize(os.path.join(quick_runs["out"], "lm_prune_quick.md")) > 0
-  (row,) = result["prune"]
-  assert row["pattern"] == "2:4" and abs(row["sparsity_of_pruned_kernels"] - 0.5) < 1e-6
-  assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("one_shot_bpb", "finetuned_bpb"))
-  assert [r["loss"] for r in result["kd"]] == ["CE only", "logit KD"]
-  assert all(math.isfinite(r["test_bpb"]) and r["test_bpb"] > 0 for r in result["kd"])
+  md = open(os.path.join(quick_runs["out"], "lm_prune_quick.md")).read()
+  rows = {(r["part"], r.get("pattern", r.get("loss"))): r for r in result["rows"]}
+  assert sorted(rows) == [("kd", "CE only"), ("kd", "logit KD"), ("prune", "2:4"),
+                          ("prune", "75% gradual")]
+  nm, gradual = rows["prune", "2:4"], rows["prune", "75% gradual"]
+  assert abs(nm["sparsity_of_pruned_kernels"] - 0.5) < 1e-6 and nm["one_shot_bpb"] > 0
+  # the cubic schedule reaches its final sparsity within the steps; gradual has no one-shot row
+  assert abs(gradual["sparsity_of_pruned_kernels"] - 0.75) < 0.01
+  assert gradual["one_shot_bpb"] is None
+  assert all(math.isfinite(r["finetuned_bpb"]) and r["finetuned_bpb"] > 0
+             for r in (nm, gradual))
+  assert all(math.isfinite(rows["kd", k]["test_bpb"]) and rows["kd", k]["test_bpb"] > 0
+             for k in ("CE only", "logit KD"))
+  assert "| 75% gradual | 0.750 | - |" in md and "## Distillation" in md
+
+
+def test_prune_resume_reuses_the_rows_that_finished(quick_runs, monkeypatch):
+  def no_rerun(*args):
+    raise AssertionError(f"a finished run was rerun: {args[1:3]}")
+  monkeypatch.setattr(lm_prune, "prune_run", no_rerun)
+  monkeypatch.setattr(lm_prune, "kd_run", no_rerun)
+  again = lm_prune.main(["--quick", "--resume", "--out-dir", quick_runs["out"]])
+  assert again["rows"] == quick_runs["prune"]["rows"]
 
 
 def test_decode_quick_matches_full_forward(quick_runs):
