@@ -514,6 +514,31 @@ def param_labels(params: Any, quantizer_label: str = "quantizer", other_label: s
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+@functools.cache
+def lean_compiler_options() -> dict:
+  """``jax.jit`` compiler options for whole-model passes that run once (init_from): XLA:CPU's
+  memory-minimizing scheduler, where this XLA has it ({} elsewhere). Its default schedule, tuned
+  for concurrency, computes every layer's fake-quant weight (they depend on weights alone)
+  before the first layer runs: a second copy of the model at the peak."""
+  if jax.default_backend() != "cpu":
+    return {}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_MEMORY_SCHEDULER).lower(1.0).compile()
+  except jax.errors.JaxRuntimeError:
+    return {}
+  return _MEMORY_SCHEDULER
+
+
+def lean_jit(fn: Callable, *inputs: Any) -> Callable:
+  """``jax.jit(fn)`` with :func:`lean_compiler_options` when ``inputs`` are concrete; inside an
+  outer trace plainly (its own jit compiles it, and nested jits take no compiler options)."""
+  nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(inputs))
+  return jax.jit(fn, compiler_options=None if nested else lean_compiler_options())
+
+
 def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
               recalibrate_bn: bool | None = None, **kwargs: Any) -> dict:
   """Variables of a compressed Linen ``model`` that start from a float model's ``variables``.
@@ -534,7 +559,6 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
 
   # The compiled functions return only what they compute; the float arrays are put back around
   # them, not copied through them (that would hold the model twice at the peak).
-  @jax.jit
   def transform_state(variables, rng, dyn):
     a, k = rebuild(dyn)
     out, result = _linen_call(model, as_dict(variables), a, k, rngs={"params": rng},
@@ -542,22 +566,24 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
     del out
     return split_state(result.state)
 
+  compiled_state = lean_jit(transform_state, variables, dyn)
+
   def build(variables):
-    params, stats = transform_state(variables, rng, dyn)
+    params, stats = compiled_state(variables, rng, dyn)
     new = dict(as_dict(variables))
     new["params"] = {**new["params"], SITE_PARAMS: params}
     if stats:
       new[STATS] = stats
     return new
 
-  @jax.jit
   def batch_stats(variables, dyn):
     a, k = rebuild(dyn)
     return bn_recalibrate.linen_batch_stats(model, variables, a, k)[bn_recalibrate.BATCH_STATS]
 
+  compiled_stats = lean_jit(batch_stats, variables, dyn)
   new = build(variables)
   if bn_recalibrate.wanted(recalibrate_bn, model.compression) and (
       bn_recalibrate.BATCH_STATS in variables):
     new = bn_recalibrate.alternate(
-        new, lambda v: {**v, bn_recalibrate.BATCH_STATS: batch_stats(v, dyn)}, build)
+        new, lambda v: {**v, bn_recalibrate.BATCH_STATS: compiled_stats(v, dyn)}, build)
   return new

@@ -21,8 +21,9 @@ import jax
 from flax import nnx
 
 from compressjax.core import trace as trace_lib
-from compressjax.core.compress import (Compression, check_flag, check_rules, run, split_dynamic,
-                                       split_state, state_reader)
+from compressjax.core.compress import (Compression, check_flag, check_rules,
+                                       lean_jit, run, split_dynamic, split_state,
+                                       state_reader)
 from compressjax.core.tree_paths import key_name
 from compressjax.qarray import QArray
 
@@ -61,7 +62,8 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
   graphdef, model_state = nnx.split(model)
   dyn, rebuild = split_dynamic((args, kwargs))
 
-  @jax.jit  # jitted like Linen's init_from, so both initialise with the same float rounding
+  # Jitted like Linen's init_from (the same float rounding, the same lean schedule); it returns
+  # what it computes, not the model's arrays (a second copy at the peak).
   def init(model_state, dyn):
     m = nnx.merge(graphdef, model_state)
     a, k = rebuild(dyn)
@@ -81,10 +83,10 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
 
         params, stats = bn_recalibrate.alternate((params, stats), recompute,
                                                  lambda _: init_state())
-    return (params, stats), nnx.state(m)
+    return (params, stats), nnx.state(m, nnx.Not(nnx.Param))  # BatchNorm statistics, RNG counts
 
-  (params, stats), new_model_state = init(model_state, dyn)
-  nnx.update(model, new_model_state)
+  (params, stats), changed = lean_jit(init, model_state, dyn)(model_state, dyn)
+  nnx.update(model, changed)
   return CompressedModule(model, spec, params, stats,
                           example=Example(method, _abstract(args), _abstract(kwargs)))
 

@@ -16,10 +16,12 @@ map the result back with :meth:`Granularity.unview`:
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from compressjax.qarray import as_matrix
 
@@ -88,19 +90,18 @@ class Granularity:
     """
     axes = self.axes(v.ndim)
     keep = self.kind != "tensor"
+    if not jnp.issubdtype(v.dtype, jnp.inexact):
+      v = v.astype(jnp.float32)
     finite = jnp.isfinite(v)
     zero = lambda r: jnp.where(jnp.isfinite(r), r, 0.0)
-    if op == "absmax":
-      return jnp.max(jnp.where(finite, jnp.abs(v), 0.0), axis=axes, keepdims=keep, initial=0.0)
-    if op == "min":
-      return zero(jnp.min(jnp.where(finite, v, jnp.inf), axis=axes, keepdims=keep,
-                          initial=jnp.inf))
-    if op == "max":
-      return zero(jnp.max(jnp.where(finite, v, -jnp.inf), axis=axes, keepdims=keep,
-                          initial=-jnp.inf))
+    if op in ("absmax", "min", "max"):
+      hi, lo = _finite_stats(v, axes, keep, "range")
+      if op == "absmax":
+        return jnp.maximum(jnp.maximum(hi, -lo), 0.0)
+      return zero(lo if op == "min" else hi)
     if op == "mean_abs":
-      total = jnp.sum(jnp.where(finite, jnp.abs(v), 0.0), axis=axes, keepdims=keep)
-      return total / jnp.maximum(jnp.sum(finite, axis=axes, keepdims=keep), 1)
+      total, count = _finite_stats(v, axes, keep, "sum_count")
+      return (total / jnp.maximum(count, 1.0)).astype(v.dtype)
     if op == "std":
       return zero(jnp.nanstd(jnp.where(finite, v, jnp.nan), axis=axes, keepdims=keep))
     if op == "percentile":
@@ -144,3 +145,39 @@ PER_TOKEN = Granularity(kind="token")
 def per_group(group_size: int) -> Granularity:
   """``group_size`` consecutive rows of the ``(K, N)`` weight view share a scale."""
   return Granularity(kind="group", group_size=group_size)
+
+
+def _finite_stats_plain(v: Array, axes: tuple[int, ...], keep: bool, kind: str):
+  """Over the finite elements of ``v`` along ``axes``: (max, min) for ``kind="range"`` (-inf,
+  inf when there is none), (sum of |v|, count) in at least f32 for ``kind="sum_count"``."""
+  finite = jnp.isfinite(v)
+  if kind == "range":
+    return (jnp.max(jnp.where(finite, v, -jnp.inf), axis=axes, keepdims=keep, initial=-jnp.inf),
+            jnp.min(jnp.where(finite, v, jnp.inf), axis=axes, keepdims=keep, initial=jnp.inf))
+  acc = jnp.promote_types(v.dtype, jnp.float32)
+  return (jnp.sum(jnp.where(finite, jnp.abs(v), 0.0).astype(acc), axis=axes, keepdims=keep),
+          jnp.sum(finite, axis=axes, keepdims=keep, dtype=acc))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _finite_stats(v: Array, axes: tuple[int, ...], keep: bool, kind: str):
+  """:func:`_finite_stats_plain`'s values from one variadic ``lax.reduce``, into which XLA fuses
+  the masking. Single reductions materialize their masked input (XLA:CPU splits a long reduction
+  into a tree over it): 32 MB of temporaries for the LSQ init of a 2048 x 2048 kernel, kept for
+  every layer of a model at once. Differentiated through the plain form."""
+  finite = jnp.isfinite(v)
+  if kind == "range":
+    operands = (jnp.where(finite, v, -jnp.inf), jnp.where(finite, v, jnp.inf))
+    inits, combine = (-jnp.inf, jnp.inf), lambda a, b: (lax.max(a[0], b[0]), lax.min(a[1], b[1]))
+  else:
+    acc = jnp.promote_types(v.dtype, jnp.float32)
+    operands = (jnp.where(finite, jnp.abs(v), 0.0).astype(acc), finite.astype(acc))
+    inits, combine = (0.0, 0.0), lambda a, b: (a[0] + b[0], a[1] + b[1])
+  out = lax.reduce(operands, tuple(jnp.array(i, o.dtype) for i, o in zip(inits, operands)),
+                   combine, axes)
+  return tuple(jnp.expand_dims(o, axes) if keep else o for o in out)
+
+
+@_finite_stats.defjvp
+def _finite_stats_jvp(axes, keep, kind, primals, tangents):
+  return jax.jvp(lambda v: _finite_stats_plain(v, axes, keep, kind), primals, tangents)

@@ -1,5 +1,6 @@
 """Op-level sites on models the zoo does not contain, Linen and NNX: quantized, exported, served."""
 
+import functools
 import re
 import sys
 import warnings
@@ -14,7 +15,7 @@ from flax import nnx
 
 import compressjax as cj
 from compressjax.core import Rule, UnusedRuleWarning, compress, discover
-from compressjax.core.compress import SITE_PARAMS
+from compressjax.core.compress import SITE_PARAMS, lean_compiler_options
 from compressjax.core.tree_paths import flat_paths, get_path
 from compressjax.export import serving_paths
 from compressjax.qarray import QArray
@@ -184,6 +185,42 @@ def test_init_from_keeps_the_float_arrays_of_custom_and_scanned_layers():
   for name, leaf in flat_paths(float_vars["params"]):  # not copies: the model is held once
     assert get_path(variables["params"], name) is leaf, name
   assert jax.tree.leaves(variables["params"][SITE_PARAMS])
+
+
+class WideEinsumStack(nn.Module):
+  """Six custom einsum layers of 256 x 256, each with its own parameter."""
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(6):
+      w = self.param(f"w{i}", nn.initializers.normal(0.06), (x.shape[-1], 256))
+      x = jnp.tanh(jnp.einsum("bi,io->bo", x, w))
+    return x
+
+
+def test_init_from_holds_one_layer_of_temporaries_at_a_time(monkeypatch):
+  # Its statistics are fused reductions and its schedule the memory-minimizing one: without
+  # either, every layer's masked |w| or fake-quant weight was alive at once (5-6 kernels here).
+  float_model, x = WideEinsumStack(), _x((2, 256))
+  float_vars = float_model.init(jax.random.key(0), x)
+  model, options = compress(float_model, CATCH_ALL), lean_compiler_options()
+  temps, jit = [], jax.jit
+
+  def measured_jit(fn, **options):  # each program init_from compiles, and its temporaries
+    compiled = jit(fn, **options)
+
+    def call(*args):
+      temps.append(compiled.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+      return compiled(*args)
+    return call
+
+  monkeypatch.setattr(jax, "jit", measured_jit)
+  cj.init_from(model, float_vars, x)
+  monkeypatch.undo()
+  assert temps and max(temps) <= 1.5 * 256 * 256 * 4, temps
+  # Inside a user's jit (no nested compiler options) with the same options on the outer one.
+  outer = jax.jit(functools.partial(cj.init_from, model), compiler_options=options)
+  assert outer.lower(float_vars, x).compile().memory_analysis().temp_size_in_bytes <= max(temps)
 
 
 def test_other_method_and_tied_attend():
