@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from compressjax.core.checks import check_finite
-from compressjax.core.compress import STATS
+from compressjax.core.compress import STATS, lean_jit
 
 
 def calibrate(model: Any, variables: dict | None, batches: Iterable[Any], *,
@@ -27,14 +27,13 @@ def calibrate(model: Any, variables: dict | None, batches: Iterable[Any], *,
     return _calibrate_nnx(model, batches, **apply_kwargs)
   check_finite(variables.get("params", {}), "calibrate")
 
-  @jax.jit
-  def step(variables, x):
-    _, updates = model.apply(variables, x, mutable=list(collections), **apply_kwargs)
-    return {**variables, **updates}
+  def step(variables, x):  # returns the updated collections only: the rest is not copied
+    return model.apply(variables, x, mutable=list(collections), **apply_kwargs)[1]
 
-  n = 0
+  n, compiled = 0, None
   for x in batches:
-    variables = step(variables, x)
+    compiled = compiled or lean_jit(step, variables, x)
+    variables = {**variables, **compiled(variables, x)}
     n += 1
   if n == 0:
     raise ValueError("calibrate needs at least one batch of calibration data; got none")
@@ -48,15 +47,19 @@ def _calibrate_nnx(model, batches, **kwargs):
   saved = model.use_running_average
   model.use_running_average = False
 
-  @nnx.jit
-  def step(m, x):
+  def step(params, rest, x):  # returns the non-parameter state only: params are not copied
+    m = nnx.merge(graphdef, params, rest)
     m(x, **kwargs)
+    return nnx.state(m, nnx.Not(nnx.Param))
 
-  n = 0
+  n, compiled = 0, None
   try:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     for x in batches:
-      step(model, x)
+      compiled = compiled or lean_jit(step, params, rest, x)
+      rest = compiled(params, rest, x)
       n += 1
+    nnx.update(model, rest)
   finally:
     model.use_running_average = saved
   if n == 0:

@@ -9,7 +9,7 @@ from flax import nnx
 import compressjax as cj
 from compressjax.core import Rule
 from compressjax.models import CNN, nnx_zoo
-from compressjax.quant import LSQ, PER_CHANNEL
+from compressjax.quant import LSQ, PER_CHANNEL, Uniform
 
 RULES = [Rule(pattern=".", weight=LSQ(bits=4, granularity=PER_CHANNEL),
               act=LSQ(bits=4, kind="activation", signed=True))]
@@ -69,3 +69,32 @@ def test_linen_and_nnx_cnn_loss_curves_match():
   nnx_losses = [float(nnx_step(cm, optimizer)) for _ in range(STEPS)]
   assert linen_losses[-1] < linen_losses[0]
   np.testing.assert_allclose(nnx_losses, linen_losses, atol=1e-5, rtol=1e-5)
+
+
+def test_linen_and_nnx_calibrate_alike_and_keep_the_weights():
+  # Static (calibrated) weight and input ranges: calibrate updates the statistics of both
+  # twins alike and returns / keeps the parameter arrays themselves, not copies.
+  x, _ = _data()
+  batches = [x[:8], x[8:]]
+  rules = [Rule(pattern=".", weight=Uniform(bits=4, dynamic=False, granularity=PER_CHANNEL),
+                act=Uniform(bits=8, dynamic=False, symmetric=False, calibration="minmax"))]
+  linen = CNN(widths=(4, 8), hidden=16)
+  float_vars = linen.init(jax.random.key(0), x)
+  model = cj.compress(linen, rules)
+  variables = cj.init_from(model, float_vars, x[:2], train=False)
+  calibrated = cj.calibrate(model, variables, batches, train=False)
+  assert all(a is b for a, b in zip(jax.tree.leaves(calibrated["params"]),
+                                    jax.tree.leaves(variables["params"])))
+  before, after = (jax.tree.leaves(v[cj.core.STATS]) for v in (variables, calibrated))
+  assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # x[:2] -> all of x
+
+  twin = nnx_zoo.CNN(widths=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+  nnx_zoo.load_linen(twin, float_vars)
+  twin.eval()
+  cm = cj.compress(twin, rules, x[:2])
+  weights = jax.tree.leaves(nnx.state(cm, nnx.Param))
+  assert cj.calibrate(cm, None, batches) is cm
+  assert all(a is b for a, b in zip(jax.tree.leaves(nnx.state(cm, nnx.Param)), weights))
+  values = lambda leaves: np.sort(np.concatenate([np.ravel(a) for a in leaves]))
+  np.testing.assert_allclose(values(jax.tree.leaves(nnx.state(cm, cj.core.QuantStat))),
+                             values(after), rtol=1e-6, atol=1e-6)
