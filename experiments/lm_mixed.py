@@ -427,8 +427,8 @@ def markdown(result: dict, command: str) -> str:
   md += (f"\nServed vs fake on 8 windows: largest |logit difference| {worst:.2e}, largest |bpb "
          f"difference| {worst_bpb:.1e} (int8 dot path vs float matmul rounding, see lm_qat).\n")
   if result.get("processes"):
-    md += (f"\nRun as {len(result['processes'])} processes side by side, one per part and seed, "
-           "their rows merged into this file: " + "; ".join(
+    md += (f"\nRun as {len(result['processes'])} processes, their rows merged into this file "
+           "(`--merge`): " + "; ".join(
                f"`python -m experiments.lm_mixed --parts {q['part']} --seeds "
                f"{' '.join(map(str, q['seeds']))} --steps {steps(q['part'])}` "
                f"({q['total_seconds']} s)" for q in result["processes"]) + ".\n")
@@ -485,6 +485,29 @@ def plot(result: dict, path: str) -> None:
   _report.save_figure(fig, path)
 
 
+def merged(base: dict, paths: list[str]) -> dict:
+  """``base`` with the rows of every part that the runs at ``paths`` hold replaced by theirs;
+  each run is recorded in ``processes`` and its config in ``part_configs``."""
+  runs = []
+  for path in paths:
+    with open(path) as f:
+      runs.append((os.path.dirname(os.path.abspath(path)), json.load(f)))
+  parts = {r["part"] for _, run in runs for r in run["rows"]}
+  out = {**base, "rows": [r for r in base["rows"] if r["part"] not in parts],
+         "processes": [q for q in base.get("processes", []) if q["part"] not in parts],
+         "part_configs": dict(base.get("part_configs", {}))}
+  for out_dir, run in runs:
+    run_parts = list(dict.fromkeys(r["part"] for r in run["rows"]))
+    out["rows"] += run["rows"]
+    out["processes"].append({
+        "part": " ".join(run_parts), "out_dir": out_dir, "seeds": run["config"]["seeds"],
+        "rows": len(run["rows"]), "finished": not run.get("partial", False),
+        "total_seconds": round(run.get("total_seconds", 0)),
+        "load_average_1min_at_end": run["machine"]["load_average_1min_at_end"]})
+    out["part_configs"].update({p: run["config"] for p in run_parts})
+  return out
+
+
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
@@ -497,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict:
                       help="reuse the rows of the existing (partial) JSON with the same setting")
   parser.add_argument("--from-json", action="store_true",
                       help="rewrite the Markdown/PNG from the existing JSON, no run")
+  parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                      help="replace the rows of the parts these runs hold (each run with its own "
+                      "--out-dir) in --out-dir's results, and rewrite its Markdown/PNG")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
@@ -510,9 +536,11 @@ def main(argv: list[str] | None = None) -> dict:
   command = "python -m experiments.lm_mixed" + (" --quick" if args.quick else "") + (
       f" --steps {args.steps}" if args.steps is not None else "")
   json_path = os.path.join(args.out_dir, f"{name}.json")
-  if args.from_json:
+  if args.from_json or args.merge:
     with open(json_path) as f:
       result = json.load(f)
+    if args.merge:
+      result = merged(result, args.merge)
     partial = " (partial: the rows run so far)" if result.get("partial") else ""
     _report.write(name, result, markdown(result, command + partial), out_dir=args.out_dir)
     plot(result, os.path.join(args.out_dir, f"{name}.png"))

@@ -125,6 +125,29 @@ def test_mixed_quick_outputs(quick_runs):
   assert "## FracBits vs uniform" in open(os.path.join(out, "lm_mixed_quick.md")).read()
 
 
+def test_mixed_merge_replaces_the_rows_of_the_merged_part(quick_runs, tmp_path):
+  out = quick_runs["out"]
+  base = json.load(open(os.path.join(out, "lm_mixed_quick.json")))
+  rerun = {**base, "rows": [{**r, "test_bpb": 1.0 + i} for i, r in enumerate(base["rows"])
+                            if r["part"] == "adabits"], "total_seconds": 7.0}
+  merged_dir = tmp_path / "merged"
+  merged_dir.mkdir()
+  with open(merged_dir / "lm_mixed_quick.json", "w") as f:
+    json.dump(base, f)
+  with open(tmp_path / "rerun.json", "w") as f:
+    json.dump(rerun, f)
+  result = lm_mixed.main(["--quick", "--out-dir", str(merged_dir), "--merge",
+                          str(tmp_path / "rerun.json")])
+  assert [r for r in result["rows"] if r["part"] == "adabits"] == rerun["rows"]
+  assert ([r for r in result["rows"] if r["part"] == "fracbits"]
+          == [r for r in base["rows"] if r["part"] == "fracbits"])
+  (process,) = [q for q in result["processes"] if q["part"] == "adabits"]
+  assert process["rows"] == len(rerun["rows"]) and process["total_seconds"] == 7
+  with open(merged_dir / "lm_mixed_quick.json") as f:
+    assert json.load(f)["rows"] == result["rows"]
+  assert "(`--merge`)" in open(merged_dir / "lm_mixed_quick.md").read()
+
+
 def test_prune_and_kd_quick(quick_runs):
   result = quick_runs["prune"]
   md = open(os.path.join(quick_runs["out"], "lm_prune_quick.md")).read()
