@@ -21,9 +21,8 @@ import jax
 from flax import nnx
 
 from compressjax.core import trace as trace_lib
-from compressjax.core.compress import (Compression, check_flag, check_rules,
-                                       lean_jit, run, split_dynamic, split_state,
-                                       state_reader)
+from compressjax.core.compress import (Compression, check_flag, check_rules, lean_jit, run,
+                                       split_dynamic, split_state, state_reader)
 from compressjax.core.tree_paths import key_name
 from compressjax.qarray import QArray
 

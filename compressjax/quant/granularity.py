@@ -92,7 +92,6 @@ class Granularity:
     keep = self.kind != "tensor"
     if not jnp.issubdtype(v.dtype, jnp.inexact):
       v = v.astype(jnp.float32)
-    finite = jnp.isfinite(v)
     zero = lambda r: jnp.where(jnp.isfinite(r), r, 0.0)
     if op in ("absmax", "min", "max"):
       hi, lo = _finite_stats(v, axes, keep, "range")
@@ -102,6 +101,7 @@ class Granularity:
     if op == "mean_abs":
       total, count = _finite_stats(v, axes, keep, "sum_count")
       return (total / jnp.maximum(count, 1.0)).astype(v.dtype)
+    finite = jnp.isfinite(v)
     if op == "std":
       return zero(jnp.nanstd(jnp.where(finite, v, jnp.nan), axis=axes, keepdims=keep))
     if op == "percentile":
