@@ -19,6 +19,7 @@ reuses those rows.
 
   python -m experiments.lm_prune            # results/lm_prune.{json,md}
   python -m experiments.lm_prune --resume   # after an interruption
+  python -m experiments.lm_prune --from-json  # the Markdown again, from the JSON
   python -m experiments.lm_prune --quick
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 
@@ -193,6 +195,11 @@ def cell(values: list[float]) -> str:
   return f"{mean:.4f} ± {sd:.4f}" if len(values) > 1 else f"{mean:.4f}"
 
 
+def same_cell(values: list[float]) -> str:
+  """One value when every seed gave the same (deterministic one-shot pruning), else ``cell``."""
+  return f"{values[0]:.4f}" if values and len(set(values)) == 1 else cell(values)
+
+
 def gap(a: list[float], b: list[float]) -> str:
   """mean(a) - mean(b), and in units of the larger sd."""
   if not a or not b:
@@ -215,16 +222,20 @@ def markdown(result: dict, command: str) -> str:
   md += (f"## Pruning the block kernels: {cfg['steps']} fine-tune steps x {cfg['batch_size']} "
          "windows\n\n")
   md += _report.markdown_table(
-      ["pattern", "sparsity", "one-shot, before fine-tuning", f"after {cfg['steps']} steps",
-       "vs dense (same steps)"],
+      ["pattern", "sparsity", "one-shot, before fine-tuning (the same on every seed)",
+       f"after {cfg['steps']} steps", "vs dense (same steps)"],
       [[p, f"{rs[0]['sparsity_of_pruned_kernels']:.3f}",
-        cell([r["one_shot_bpb"] for r in rs if r["one_shot_bpb"] is not None]),
+        same_cell([r["one_shot_bpb"] for r in rs if r["one_shot_bpb"] is not None]),
         cell([r["finetuned_bpb"] for r in rs]),
         "-" if p == "dense" else gap([r["finetuned_bpb"] for r in rs], dense)]
        for p, rs in by_pattern.items() if rs])
   if by_pattern.get("75% gradual"):
     md += (f"\nGradual: cubic from 0 to 75% over the first {cfg['gradual_fraction']:.0%} of the "
-           f"steps, masks every {cfg['mask_frequency']} steps.\n")
+           f"steps, masks every {cfg['mask_frequency']} steps.")
+    if by_pattern.get("75% one-shot"):
+      bpb = lambda p: [r["finetuned_bpb"] for r in by_pattern[p]]
+      md += f" Gradual - one-shot at 75%: {gap(bpb('75% gradual'), bpb('75% one-shot'))}."
+    md += "\n"
   kd = [r for r in rows if r["part"] == "kd"]
   if kd:
     by_loss = {k: [r["test_bpb"] for r in kd if r["loss"] == k] for k in ("CE only", "logit KD")}
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--skip-kd", action="store_true")
   parser.add_argument("--resume", action="store_true",
                       help="reuse the rows of the existing (partial) JSON with the same setting")
+  parser.add_argument("--from-json", action="store_true",
+                      help="rewrite the Markdown from the existing JSON, no run")
   parser.add_argument("--out-dir", default=_report.RESULTS_DIR)
   args = parser.parse_args(argv)
   cfg = QUICK if args.quick else FULL
@@ -252,6 +265,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
   name = "lm_prune_quick" if args.quick else "lm_prune"
   command = "python -m experiments.lm_prune" + (" --quick" if args.quick else "")
+  json_path = os.path.join(args.out_dir, f"{name}.json")
+  if args.from_json:
+    with open(json_path) as f:
+      result = json.load(f)
+    partial = " (partial: the rows run so far)" if result.get("partial") else ""
+    return _report.finish(name, result, markdown(result, command + partial), args.out_dir)
   machine = f"{jax.devices()[0]} ({os.cpu_count()} cores)"
   start = time.time()
 
@@ -259,8 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     part = {**part, "machine": machine, "total_seconds": time.time() - start}
     _report.write(name, part, markdown(part, command + " (partial)"), out_dir=args.out_dir)
 
-  done = (saved_rows(os.path.join(args.out_dir, f"{name}.json"), cfg, SWEEP, row_key)
-          if args.resume else {})
+  done = saved_rows(json_path, cfg, SWEEP, row_key) if args.resume else {}
   result = run(cfg, args.skip_kd, on_row=partial, done=done)
   result.update(machine=machine, total_seconds=time.time() - start)
   return _report.finish(name, result, markdown(result, command), args.out_dir)
