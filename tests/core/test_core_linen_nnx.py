@@ -73,7 +73,7 @@ def test_linen_and_nnx_cnn_loss_curves_match():
 
 def test_linen_and_nnx_calibrate_alike_and_keep_the_weights():
   # Static (calibrated) weight and input ranges: calibrate updates the statistics of both
-  # twins alike and returns / keeps the parameter arrays themselves, not copies.
+  # twins alike; compress (NNX) and calibrate keep the parameter arrays themselves, not copies.
   x, _ = _data()
   batches = [x[:8], x[8:]]
   rules = [Rule(pattern=".", weight=Uniform(bits=4, dynamic=False, granularity=PER_CHANNEL),
@@ -91,7 +91,9 @@ def test_linen_and_nnx_calibrate_alike_and_keep_the_weights():
   twin = nnx_zoo.CNN(widths=(4, 8), hidden=16, rngs=nnx.Rngs(0))
   nnx_zoo.load_linen(twin, float_vars)
   twin.eval()
+  float_weights = jax.tree.leaves(nnx.state(twin, nnx.Param))
   cm = cj.compress(twin, rules, x[:2])
+  assert all(a is b for a, b in zip(jax.tree.leaves(nnx.state(twin, nnx.Param)), float_weights))
   weights = jax.tree.leaves(nnx.state(cm, nnx.Param))
   assert cj.calibrate(cm, None, batches) is cm
   assert all(a is b for a, b in zip(jax.tree.leaves(nnx.state(cm, nnx.Param)), weights))
