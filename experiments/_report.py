@@ -25,6 +25,24 @@ def fmt_pct(values: Sequence[float]) -> str:
   return f"{100 * m:.2f} ± {100 * s:.2f} (n={len(values)})"
 
 
+def mean_sd_cell(values: Sequence[float], n_seeds: int | None = None) -> str:
+  """``mean ± sd`` to 4 decimals (the mean alone for one value; "-" for none), with the number of
+  values when it is not ``n_seeds``."""
+  if not len(values):
+    return "-"
+  m, s = mean_sd(values)
+  return (f"{m:.4f}" + (f" ± {s:.4f}" if len(values) > 1 else "")
+          + (f" (n={len(values)})" if n_seeds is not None and len(values) != n_seeds else ""))
+
+
+def sd_gap(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+  """``mean(a) - mean(b)`` and that difference in units of the larger of the two sds (inf when
+  both sds are 0)."""
+  (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+  sd = max(sa, sb)
+  return ma - mb, (ma - mb) / sd if sd > 0 else float("inf")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -334,14 +334,6 @@ def machine() -> dict:
 # --- report -----------------------------------------------------------------------------------
 
 
-def cell(values: list[float], n_seeds: int) -> str:
-  if not values:
-    return "-"
-  mean, sd = _report.mean_sd(values)
-  return (f"{mean:.4f}" + (f" ± {sd:.4f}" if len(values) > 1 else "")
-          + (f" (n={len(values)})" if len(values) != n_seeds else ""))
-
-
 def layer_bits(rows: list[dict]) -> dict[str, list[int]]:
   """Per block site, the FracBits weight bits of every seed."""
   out: dict[str, list[int]] = {}
@@ -362,7 +354,7 @@ def adabits_section(ada: list[dict], n: int) -> str:
         "bit-width. Separate: one fine-tune per bit-width, the same number of steps.\n\n")
   md += _report.markdown_table(
       ["model"] + [f"W{b}A{A_BITS}" for b in bits],
-      [[m] + [cell(bpb_of(ada, m, b, A_BITS), n) for b in bits] for m in ("joint", "separate")])
+      [[m] + [_report.mean_sd_cell(bpb_of(ada, m, b, A_BITS), n) for b in bits] for m in ("joint", "separate")])
   pairs = [(b, bpb_of(ada, "joint", b, A_BITS), bpb_of(ada, "separate", b, A_BITS)) for b in bits]
   return md + "\nJoint - separate (mean bpb): " + ", ".join(
       f"W{b} {np.mean(j) - np.mean(sep):+.4f}" for b, j, sep in pairs if j and sep) + "\n"
@@ -400,7 +392,7 @@ def markdown(result: dict, command: str) -> str:
       sel = [r for r in frac if r["method"] == m]
       if sel:
         errs = [100 * r["relative_error"] for r in sel]
-        table.append([m, cell([r["test_bpb"] for r in sel], n),
+        table.append([m, _report.mean_sd_cell([r["test_bpb"] for r in sel], n),
                       f"{min(errs):+.2f} .. {max(errs):+.2f}"])
     md += _report.markdown_table(["model", "served test bpb", "BitOPs vs budget (%, min..max)"],
                                  table)

@@ -39,8 +39,8 @@ import optax
 from compressjax import distill, prune
 from compressjax.models.lm import LM
 from experiments import _report
-from experiments.lm_common import (batches, bits_per_byte, load_corpus, model_fields,
-                                   param_count, require_teacher, saved_rows, token_nats)
+from experiments.lm_common import (batches, bits_per_byte, load_corpus, make_train_step,
+                                   model_fields, param_count, require_teacher, saved_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +101,7 @@ def prune_run(cfg: Config, pattern: str, seed: int, model, params, train, test) 
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(warmup_cosine(cfg.lr, cfg.steps), b2=0.99, weight_decay=0.0),
                    *([prune_tx] if prune_tx is not None else []))
-  opt_state = tx.init(start_params)
-
-  @jax.jit
-  def step(p, s, tokens):
-    loss, g = jax.value_and_grad(lambda p: token_nats(model, p, tokens).mean())(p)
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
-
+  opt_state, step = tx.init(start_params), make_train_step(model, tx)
   p, start = start_params, time.process_time()
   for _, tokens in zip(range(cfg.steps), batches(train, cfg.batch_size, seed)):
     p, opt_state, _ = step(p, opt_state, tokens)
@@ -188,25 +181,17 @@ def run(cfg: Config, skip_kd: bool, on_row=None, done: dict | None = None) -> di
   return result
 
 
-def cell(values: list[float]) -> str:
-  if not values:
-    return "-"
-  mean, sd = _report.mean_sd(values)
-  return f"{mean:.4f} ± {sd:.4f}" if len(values) > 1 else f"{mean:.4f}"
-
-
 def same_cell(values: list[float]) -> str:
-  """One value when every seed gave the same (deterministic one-shot pruning), else ``cell``."""
-  return f"{values[0]:.4f}" if values and len(set(values)) == 1 else cell(values)
+  """One value when every seed gave the same (deterministic one-shot pruning), else mean ± sd."""
+  return f"{values[0]:.4f}" if values and len(set(values)) == 1 else _report.mean_sd_cell(values)
 
 
 def gap(a: list[float], b: list[float]) -> str:
   """mean(a) - mean(b), and in units of the larger sd."""
   if not a or not b:
     return "-"
-  (ma, sa), (mb, sb) = _report.mean_sd(a), _report.mean_sd(b)
-  sd = max(sa, sb)
-  return f"{ma - mb:+.4f}" + (f" ({(ma - mb) / sd:+.1f} sd)" if sd > 0 else "")
+  d, z = _report.sd_gap(a, b)
+  return f"{d:+.4f}" + (f" ({z:+.1f} sd)" if z != float("inf") else "")
 
 
 def markdown(result: dict, command: str) -> str:
@@ -226,7 +211,7 @@ def markdown(result: dict, command: str) -> str:
        f"after {cfg['steps']} steps", "vs dense (same steps)"],
       [[p, f"{rs[0]['sparsity_of_pruned_kernels']:.3f}",
         same_cell([r["one_shot_bpb"] for r in rs if r["one_shot_bpb"] is not None]),
-        cell([r["finetuned_bpb"] for r in rs]),
+        _report.mean_sd_cell([r["finetuned_bpb"] for r in rs]),
         "-" if p == "dense" else gap([r["finetuned_bpb"] for r in rs], dense)]
        for p, rs in by_pattern.items() if rs])
   if by_pattern.get("75% gradual"):
@@ -241,9 +226,10 @@ def markdown(result: dict, command: str) -> str:
     by_loss = {k: [r["test_bpb"] for r in kd if r["loss"] == k] for k in ("CE only", "logit KD")}
     md += (f"\n## Distillation: {kd[0]['student']} student ({kd[0]['params']:,} params) from "
            f"scratch, {cfg['kd_steps']} steps x {cfg['batch_size']} windows\n\n")
-    md += _report.markdown_table(["loss", f"bpb after {cfg['kd_steps']} steps", "vs CE only"],
-                                 [[k, cell(v), "-" if k == "CE only" else gap(v, by_loss["CE only"])]
-                                  for k, v in by_loss.items() if v])
+    md += _report.markdown_table(
+        ["loss", f"bpb after {cfg['kd_steps']} steps", "vs CE only"],
+        [[k, _report.mean_sd_cell(v), "-" if k == "CE only" else gap(v, by_loss["CE only"])]
+         for k, v in by_loss.items() if v])
     md += f"\nKD: T={cfg['kd_temperature']}, alpha={cfg['kd_alpha']}.\n"
   md += f"\n{result['machine']}, {result['total_seconds']:.0f} s. `{command}`\n"
   return md

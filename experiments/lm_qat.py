@@ -195,12 +195,7 @@ def markdown(result: dict, command: str) -> str:
   n_seeds = len(cfg["seeds"])
 
   def cell(method, wb, ab):
-    values = bpb_of(rows, method, wb, ab)
-    if not values:
-      return "-"
-    mean, sd = _report.mean_sd(values)
-    return (f"{mean:.4f}" + (f" ± {sd:.4f}" if len(values) > 1 else "")
-            + (f" (n={len(values)})" if len(values) != n_seeds else ""))
+    return _report.mean_sd_cell(bpb_of(rows, method, wb, ab), n_seeds)
 
   md = "# LM quantization-aware fine-tuning (served test bits per byte)\n\n"
   md += (f"{cfg['steps']} AdamW steps x {cfg['batch_size']} windows from the teacher, "
@@ -233,18 +228,14 @@ def method_gaps(rows: list[dict]) -> str:
   bpb and that difference in units of the larger of the two seed sds."""
   lines = []
   for wb, ab in bit_pairs(rows):
-    stats = {}
-    for m in dict.fromkeys(r["method"] for r in rows):
-      values = bpb_of(rows, m, wb, ab)
-      if len(values) > 1:
-        stats[m] = (*_report.mean_sd(values), len(values))
-    ranked = sorted(stats, key=lambda m: stats[m][0])
+    values = {m: v for m in dict.fromkeys(r["method"] for r in rows)
+              if len(v := bpb_of(rows, m, wb, ab)) > 1}
+    ranked = sorted(values, key=lambda m: np.mean(values[m]))
     for i, a in enumerate(ranked):
       for b in ranked[i + 1:]:
-        d, sd = stats[b][0] - stats[a][0], max(stats[a][1], stats[b][1])
-        z = d / sd if sd > 0 else float("inf")
-        lines.append(f"- W{wb}A{ab}: {b} - {a} = {d:+.4f} bpb = {z:.1f} sd "
-                     f"(n = {stats[b][2]}, {stats[a][2]}; {'> 3 sd' if z > 3 else 'within 3 sd'})")
+        d, z = _report.sd_gap(values[b], values[a])
+        lines.append(f"- W{wb}A{ab}: {b} - {a} = {d:+.4f} bpb = {z:.1f} sd (n = "
+                     f"{len(values[b])}, {len(values[a])}; {'> 3 sd' if z > 3 else 'within 3 sd'})")
   if not lines:
     return ""
   return ("\nMethod gaps (difference of means in units of the larger seed sd of the pair):\n\n"

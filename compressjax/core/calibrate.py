@@ -30,9 +30,8 @@ def calibrate(model: Any, variables: dict | None, batches: Iterable[Any], *,
   def step(variables, x):  # returns the updated collections only: the rest is not copied
     return model.apply(variables, x, mutable=list(collections), **apply_kwargs)[1]
 
-  n, compiled = 0, None
+  n, compiled = 0, lean_jit(step, variables)
   for x in batches:
-    compiled = compiled or lean_jit(step, variables, x)
     variables = {**variables, **compiled(variables, x)}
     n += 1
   if n == 0:
@@ -52,11 +51,10 @@ def _calibrate_nnx(model, batches, **kwargs):
     m(x, **kwargs)
     return nnx.state(m, nnx.Not(nnx.Param))
 
-  n, compiled = 0, None
   try:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    n, compiled = 0, lean_jit(step, params, rest)
     for x in batches:
-      compiled = compiled or lean_jit(step, params, rest, x)
       rest = compiled(params, rest, x)
       n += 1
     nnx.update(model, rest)

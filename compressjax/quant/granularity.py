@@ -147,37 +147,39 @@ def per_group(group_size: int) -> Granularity:
   return Granularity(kind="group", group_size=group_size)
 
 
-def _finite_stats_plain(v: Array, axes: tuple[int, ...], keep: bool, kind: str):
+# Per statistic kind: the (identity, combine) of each of its two reductions.
+_REDUCERS = {"range": ((-jnp.inf, lax.max), (jnp.inf, lax.min)),
+             "sum_count": ((0.0, lax.add), (0.0, lax.add))}
+
+
+def _reduce_stats(v: Array, axes: tuple[int, ...], keep: bool, kind: str, fused: bool):
   """Over the finite elements of ``v`` along ``axes``: (max, min) for ``kind="range"`` (-inf,
-  inf when there is none), (sum of |v|, count) in at least f32 for ``kind="sum_count"``."""
+  inf when there is none), (sum of |v|, count) in at least f32 for ``kind="sum_count"``. Fused:
+  one variadic ``lax.reduce``, into which XLA fuses the masking (two single reductions each
+  materialize their masked input: XLA:CPU splits a long reduction into a tree over it, 32 MB
+  for a 2048 x 2048 kernel); else two plain, differentiable reductions."""
   finite = jnp.isfinite(v)
   if kind == "range":
-    return (jnp.max(jnp.where(finite, v, -jnp.inf), axis=axes, keepdims=keep, initial=-jnp.inf),
-            jnp.min(jnp.where(finite, v, jnp.inf), axis=axes, keepdims=keep, initial=jnp.inf))
-  acc = jnp.promote_types(v.dtype, jnp.float32)
-  return (jnp.sum(jnp.where(finite, jnp.abs(v), 0.0).astype(acc), axis=axes, keepdims=keep),
-          jnp.sum(finite, axis=axes, keepdims=keep, dtype=acc))
+    operands = (jnp.where(finite, v, -jnp.inf), jnp.where(finite, v, jnp.inf))
+  else:
+    acc = jnp.promote_types(v.dtype, jnp.float32)
+    operands = (jnp.where(finite, jnp.abs(v), 0.0).astype(acc), finite.astype(acc))
+  inits = tuple(jnp.array(i, o.dtype) for (i, _), o in zip(_REDUCERS[kind], operands))
+  combines = tuple(c for _, c in _REDUCERS[kind])
+  if fused:
+    out = lax.reduce(operands, inits,
+                     lambda a, b: tuple(c(x, y) for c, x, y in zip(combines, a, b)), axes)
+  else:
+    out = tuple(lax.reduce(o, i, c, axes) for o, i, c in zip(operands, inits, combines))
+  return tuple(jnp.expand_dims(o, axes) if keep else o for o in out)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _finite_stats(v: Array, axes: tuple[int, ...], keep: bool, kind: str):
-  """:func:`_finite_stats_plain`'s values from one variadic ``lax.reduce``, into which XLA fuses
-  the masking. Single reductions materialize their masked input (XLA:CPU splits a long reduction
-  into a tree over it): 32 MB of temporaries for the LSQ init of a 2048 x 2048 kernel, kept for
-  every layer of a model at once. Differentiated through the plain form."""
-  finite = jnp.isfinite(v)
-  if kind == "range":
-    operands = (jnp.where(finite, v, -jnp.inf), jnp.where(finite, v, jnp.inf))
-    inits, combine = (-jnp.inf, jnp.inf), lambda a, b: (lax.max(a[0], b[0]), lax.min(a[1], b[1]))
-  else:
-    acc = jnp.promote_types(v.dtype, jnp.float32)
-    operands = (jnp.where(finite, jnp.abs(v), 0.0).astype(acc), finite.astype(acc))
-    inits, combine = (0.0, 0.0), lambda a, b: (a[0] + b[0], a[1] + b[1])
-  out = lax.reduce(operands, tuple(jnp.array(i, o.dtype) for i, o in zip(inits, operands)),
-                   combine, axes)
-  return tuple(jnp.expand_dims(o, axes) if keep else o for o in out)
+  """:func:`_reduce_stats` fused, differentiated through its plain form."""
+  return _reduce_stats(v, axes, keep, kind, fused=True)
 
 
 @_finite_stats.defjvp
 def _finite_stats_jvp(axes, keep, kind, primals, tangents):
-  return jax.jvp(lambda v: _finite_stats_plain(v, axes, keep, kind), primals, tangents)
+  return jax.jvp(lambda v: _reduce_stats(v, axes, keep, kind, fused=False), primals, tangents)

@@ -19,7 +19,7 @@ from compressjax.core.compress import SITE_PARAMS, lean_compiler_options
 from compressjax.core.tree_paths import flat_paths, get_path
 from compressjax.export import serving_paths
 from compressjax.qarray import QArray
-from compressjax.quant import LSQ, PER_CHANNEL
+from compressjax.quant import LSQ, PER_CHANNEL, Uniform
 
 W4 = LSQ(bits=4, granularity=PER_CHANNEL)
 A8 = LSQ(bits=8, kind="activation", signed=True)
@@ -350,6 +350,33 @@ def _nnx_served_equals_fake(cm, x):
   served = cj.export(cm)
   np.testing.assert_allclose(np.asarray(served(x)), np.asarray(fake), atol=1e-5, rtol=1e-5)
   return served
+
+
+def test_calibrate_updates_statistics_and_keeps_the_weights_of_custom_and_scanned_layers():
+  # A custom einsum layer with its own parameter and scanned stacks, Linen and NNX: compress
+  # and calibrate keep the parameter arrays themselves (no copy through jit), and calibration
+  # moves the static ranges.
+  static = [Rule(pattern=".", weight=Uniform(bits=4, dynamic=False, granularity=PER_CHANNEL),
+                 act=Uniform(bits=8, dynamic=False, symmetric=False, calibration="minmax"))]
+  x, batches = _x((2, 4)), [3.0 * _x((8, 4), seed=s) for s in (2, 3)]
+  same = lambda a, b: all(u is v for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  moved = lambda a, b: any(not np.array_equal(u, v)
+                           for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  float_model = ScanModel()
+  model = compress(float_model, static)
+  variables = cj.init_from(model, float_model.init(jax.random.key(0), x), x)
+  calibrated = cj.calibrate(model, variables, batches)
+  assert same(calibrated["params"], variables["params"])
+  assert moved(calibrated[cj.core.STATS], variables[cj.core.STATS])
+  for nnx_model in (NNXCustom, NNXStack):
+    m = nnx_model(nnx.Rngs(0))
+    weights = nnx.state(m, nnx.Param)
+    cm = compress(m, static, x)
+    assert same(nnx.state(m, nnx.Param), weights), nnx_model.__name__
+    stats = jax.tree.map(np.asarray, nnx.state(cm, cj.core.QuantStat))
+    cj.calibrate(cm, None, batches)
+    assert same(nnx.state(cm, nnx.Param), weights), nnx_model.__name__
+    assert moved(nnx.state(cm, cj.core.QuantStat), stats), nnx_model.__name__
 
 
 def test_nnx_custom_layer_trains_and_serves():
