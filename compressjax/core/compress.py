@@ -258,10 +258,27 @@ def operand_state(t, x, params: dict, stats: dict, operand: str, site: Site):
   """``(params, stats)`` of one operand's transform; empty states rebuilt from ``t.init``."""
   p, s = params.get(operand), stats.get(operand)
   if p is None or s is None:
-    empty_p, empty_s = jax.eval_shape(t.init, x)
+    empty_p, empty_s = _state_structure(t, jax.ShapeDtypeStruct(x.shape, x.dtype))
     p = _no_leaves(empty_p, site, operand) if p is None else p
     s = _no_leaves(empty_s, site, operand) if s is None else s
   return p, s
+
+
+def _state_structure(t, operand: jax.ShapeDtypeStruct):
+  """``jax.eval_shape(t.init, operand)``, remembered per (transform, shape, dtype) where the
+  transform is hashable: every traced call of a compressed model asks it again for each
+  operand whose state has no arrays (an LSQ weight's empty stats), and each ask traces
+  ``init``."""
+  try:
+    hash(t)
+  except TypeError:
+    return jax.eval_shape(t.init, operand)
+  return _cached_state_structure(t, operand)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_state_structure(t, operand: jax.ShapeDtypeStruct):
+  return jax.eval_shape(t.init, operand)
 
 
 def _no_leaves(structure, site: Site, operand: str):

@@ -2,9 +2,13 @@
 
 Rounding STEs are ``custom_jvp`` rules: the forward value is exactly ``f(x)`` (fake-quantized values
 sit on the grid bit for bit, with no ``x - x`` correction term left in the graph) and the tangent
-is the identity. A JVP rule (not a VJP) keeps forward mode, so everything composes with ``jit``,
-``grad``, ``vmap`` and higher-order autodiff (HAWQ's Hessian-vector products).
+is the identity. A JVP rule keeps forward mode, so these compose with ``jit``, ``grad``, ``vmap``
+and higher-order autodiff. LSQ's ``fake_quant`` is the exception: a VJP rule, because its backward
+pass is the training step's hot spot (see its docstring); it supports ``grad``/``vjp``, ``jit``
+and ``vmap``, not ``jax.jvp``.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,28 +44,57 @@ floor_ste = _identity_tangent(lambda x: jnp.floor(x))
 floor_ste.__doc__ = "``floor(x)`` forward, identity backward."
 
 
-@jax.custom_jvp
+@jax.custom_vjp
 def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int) -> Array:
   """``clip(round(v / step), lo, hi) * step`` with LSQ's straight-through derivatives.
 
-  One rule instead of autodiff through ``round_ste(clip(v / step)) * step``, which leaves about
-  twice the elementwise ops in the graph (forward and backward) for the same values: ``d/dv`` is 1
-  strictly inside ``(lo, hi)`` and 0 outside; ``d/dstep`` is ``round(v/s) - v/s`` inside and the
-  clamped bound outside. ``lo``/``hi`` are integer-valued (constants or calibrated arrays) and get
-  no derivative.
+  ``d/dv`` is 1 strictly inside ``(lo, hi)`` and 0 outside; ``d/dstep`` is ``round(v/s) - v/s``
+  inside and the clamped bound outside, summed over the elements that share a step (``step``
+  broadcasts against ``v``). ``lo``/``hi`` are integer-valued (constants or calibrated arrays)
+  and get no derivative.
+
+  A VJP rule whose only residuals are the inputs: the backward pass recomputes ``v / step`` next
+  to the cotangent, and both terms of ``d/dstep`` are one two-output reduction. XLA:CPU then
+  fuses the whole step gradient into one loop (a plain ``reduce_sum`` becomes a library
+  reduction that takes no ``round``/``select``, leaving the rounding residuals as separate
+  kernels): measured on the ViT's LSQ train step, 507 -> 417 fusions against the float step's
+  310. Reverse mode only: ``jax.jvp`` of this function raises (nothing in compressjax takes
+  forward derivatives through a fake quantizer).
   """
   return clip(rint(v / step), lo, hi) * step
 
 
-@fake_quant.defjvp
-def _fake_quant_jvp(primals, tangents):
-  v, step, lo, hi = primals
-  dv, dstep = tangents[:2]
+def _fake_quant_fwd(v, step, lo, hi):
+  return fake_quant(v, step, lo, hi), (v, step, lo, hi)
+
+
+def _fake_quant_bwd(residuals, g):
+  v, step, lo, hi = residuals
   u = v / step
-  codes = clip(rint(u), lo, hi)
   inside = (u > lo) & (u < hi)
-  zero = jnp.zeros((), u.dtype)
-  return codes * step, select(inside, dv, zero) + dstep * (codes - select(inside, u, zero))
+  zero = jnp.zeros((), g.dtype)
+  rounding = select(inside, g * (rint(u) - u), zero)
+  clipping = select(inside, zero, g * select(u <= lo, lo, hi))
+  dstep = sum_to_shape((rounding, clipping), jnp.shape(step))
+  return select(inside, g, zero), dstep.astype(jnp.result_type(step)), None, None
+
+
+fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
+def sum_to_shape(terms: tuple[Array, ...], shape: tuple[int, ...]) -> Array:
+  """``sum(terms)`` reduced to ``shape`` (the shape they were broadcast from), as one reduction.
+
+  The terms are summed over the broadcast axes by a single variadic ``lax.reduce``: unlike one
+  ``jnp.sum`` per term it is one loop over the elements, with their producers fused in.
+  """
+  full = terms[0].shape
+  lead = len(full) - len(shape)
+  axes = tuple(range(lead)) + tuple(
+      lead + i for i, n in enumerate(shape) if n == 1 and full[lead + i] != 1)
+  zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
+  sums = jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), axes)
+  return functools.reduce(jnp.add, sums).reshape(shape)
 
 
 sign_ste = _identity_tangent(lambda x: jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype))
