@@ -317,6 +317,7 @@ class _Evaluator:
   def __init__(self, sites: dict[tuple, Site], handler: Handler):
     self.sites = sites
     self.handler = handler
+    self._enclosing = {p[:n] for p in sites for n in range(1, len(p))}  # paths with sites inside
 
   def inside(self, path: tuple) -> list[Site]:
     n = len(path)
@@ -345,7 +346,7 @@ class _Evaluator:
       if new is not None:
         state[site.name] = new
       return [out]
-    if not self.inside(here):
+    if here not in self._enclosing:
       if any(x is ABSENT for x in ins):
         return self._absent(eqn, ins)
       outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))

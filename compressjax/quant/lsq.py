@@ -103,8 +103,9 @@ class LSQ(Quantizer):
     return {"signed": _checks.signed_stat(x)} if self.is_signed is None else {}
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
-    v, s, beta, (q_n, q_p) = self._prepare(x, params, stats)
-    y = fake_quant(v, s, -q_n, q_p) if beta is None else fake_quant(v - beta, s, -q_n, q_p) + beta
+    v, s, beta, (q_n, q_p), g = self._prepare(x, params, stats)
+    y = fake_quant(v if beta is None else v - beta, s, -q_n, q_p, g)
+    y = y if beta is None else y + beta
     return self.granularity.unview(y, x.shape).astype(x.dtype)
 
   def quantize(self, x: Array, params: State, stats: State) -> Codes:
@@ -129,13 +130,13 @@ class LSQ(Quantizer):
     )
 
   def _prepare(self, x: Array, params: State, stats: State):
-    """``(view of x, step, offset or None, (Q_N, Q_P))``; step and offset carry the grad scale."""
+    """``(view of x, step, offset or None, (Q_N, Q_P), g)``: the offset carries the gradient
+    scale ``g``, :func:`fake_quant` applies it to the step's gradient."""
     _checks.check_operand(self, x, init=False)
     q_n, q_p = self.bounds(stats)
     g = self.grad_scale_of(x.shape, q_p)
-    s = grad_scale(params["step"], g)
     beta = grad_scale(params["offset"], g) if "offset" in params else None
-    return self.granularity.view(x.astype(jnp.float32)), s, beta, (q_n, q_p)
+    return self.granularity.view(x.astype(jnp.float32)), params["step"], beta, (q_n, q_p), g
 
   def _codes(self, x: Array, params: State, stats: State):
     """``(codes, step, zero_point, (Q_N, Q_P))`` on the view of ``x``.
@@ -143,7 +144,7 @@ class LSQ(Quantizer):
     ``v^ = (codes - zero) * s`` with ``zero = -beta / s`` is LSQ+'s ``codes * s + beta``, written
     as the export computes it.
     """
-    v, s, beta, (q_n, q_p) = self._prepare(x, params, stats)
+    v, s, beta, (q_n, q_p), _ = self._prepare(x, params, stats)
     beta = jnp.zeros_like(s) if beta is None else beta
     return jnp.round(clip((v - beta) / s, -q_n, q_p)), s, -beta / s, (q_n, q_p)
 

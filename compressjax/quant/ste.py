@@ -31,10 +31,17 @@ def rint(x: Array) -> Array:
 
 def select(pred: Array, on_true: Array | float, on_false: Array | float) -> Array:
   """``jnp.where(pred, on_true, on_false)`` (same broadcasting and dtype promotion) as one
-  ``lax.select``, without ``jnp.where``'s jit wrapper."""
+  ``lax.select`` on lax primitives only: no ``jnp`` jit wrappers to trace (it runs a few times per
+  quantizer in every traced step)."""
   dtype = jnp.result_type(on_true, on_false)
   shape = jnp.broadcast_shapes(jnp.shape(pred), jnp.shape(on_true), jnp.shape(on_false))
-  full = lambda a, t: jnp.broadcast_to(jnp.asarray(a, t), shape)
+
+  def full(a, t):
+    a = jax.lax.convert_element_type(a, t)
+    if a.shape == shape:
+      return a
+    return jax.lax.broadcast_in_dim(a, shape, tuple(range(len(shape) - a.ndim, len(shape))))
+
   return jax.lax.select(full(pred, bool), full(on_true, dtype), full(on_false, dtype))
 
 
@@ -45,13 +52,15 @@ floor_ste.__doc__ = "``floor(x)`` forward, identity backward."
 
 
 @jax.custom_vjp
-def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int) -> Array:
+def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int,
+               step_grad_scale: Array | float = 1.0) -> Array:
   """``clip(round(v / step), lo, hi) * step`` with LSQ's straight-through derivatives.
 
   ``d/dv`` is 1 strictly inside ``(lo, hi)`` and 0 outside; ``d/dstep`` is ``round(v/s) - v/s``
   inside and the clamped bound outside, summed over the elements that share a step (``step``
-  broadcasts against ``v``). ``lo``/``hi`` are integer-valued (constants or calibrated arrays)
-  and get no derivative.
+  broadcasts against ``v``) and multiplied by ``step_grad_scale`` (LSQ's ``g``, as
+  :func:`grad_scale` would). ``lo``/``hi`` are integer-valued (constants or calibrated arrays);
+  they and ``step_grad_scale`` get no derivative.
 
   A VJP rule whose only residuals are the inputs: the backward pass recomputes ``v / step`` next
   to the cotangent, and both terms of ``d/dstep`` are one two-output reduction. XLA:CPU then
@@ -61,25 +70,40 @@ def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int) -> Array
   310. Reverse mode only: ``jax.jvp`` of this function raises (nothing in compressjax takes
   forward derivatives through a fake quantizer).
   """
-  return clip(rint(v / step), lo, hi) * step
+  del step_grad_scale
+  lo, hi = _as_dtype(lo, v.dtype), _as_dtype(hi, v.dtype)
+  return _clamp(lo, rint(v / step), hi) * step
 
 
-def _fake_quant_fwd(v, step, lo, hi):
-  return fake_quant(v, step, lo, hi), (v, step, lo, hi)
+def _fake_quant_fwd(v, step, lo, hi, step_grad_scale):
+  return fake_quant(v, step, lo, hi), (v, step, lo, hi, step_grad_scale)
 
 
-def _fake_quant_bwd(residuals, g):
-  v, step, lo, hi = residuals
+def _fake_quant_bwd(residuals, ct):
+  v, step, lo, hi, step_grad_scale = residuals
+  lo, hi = _as_dtype(lo, v.dtype), _as_dtype(hi, v.dtype)
   u = v / step
   inside = (u > lo) & (u < hi)
-  zero = jnp.zeros((), g.dtype)
-  rounding = select(inside, g * (rint(u) - u), zero)
-  clipping = select(inside, zero, g * select(u <= lo, lo, hi))
-  dstep = sum_to_shape((rounding, clipping), jnp.shape(step))
-  return select(inside, g, zero), dstep.astype(jnp.result_type(step)), None, None
+  zero = jnp.zeros((), ct.dtype)
+  rounding = select(inside, ct * (rint(u) - u), zero)
+  clipping = select(inside, zero, ct * _clamp(lo, u, hi))  # the bound u is clamped to
+  dstep = sum_to_shape((rounding, clipping), jnp.shape(step)) * step_grad_scale
+  return select(inside, ct, zero), dstep.astype(jnp.result_type(step)), None, None, None
 
 
 fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
+def _as_dtype(bound: Array | int, dtype) -> Array:
+  return jax.lax.convert_element_type(bound, dtype)
+
+
+def _clamp(lo: Array, x: Array, hi: Array) -> Array:
+  """``clip(x, lo, hi)`` without derivative rules (custom-VJP bodies need none): one
+  ``lax.clamp`` for scalar bounds."""
+  if jnp.ndim(lo) == 0 and jnp.ndim(hi) == 0:
+    return jax.lax.clamp(lo, x, hi)
+  return jnp.clip(x, lo, hi)
 
 
 def sum_to_shape(terms: tuple[Array, ...], shape: tuple[int, ...]) -> Array:
@@ -93,8 +117,14 @@ def sum_to_shape(terms: tuple[Array, ...], shape: tuple[int, ...]) -> Array:
   axes = tuple(range(lead)) + tuple(
       lead + i for i, n in enumerate(shape) if n == 1 and full[lead + i] != 1)
   zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-  sums = jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), axes)
+  sums = jax.lax.reduce(terms, zeros, _add_elementwise, axes)
   return functools.reduce(jnp.add, sums).reshape(shape)
+
+
+def _add_elementwise(a: tuple, b: tuple) -> tuple:
+  """The computation of :func:`sum_to_shape`'s reduction (one function, so that ``lax.reduce``
+  traces it once per signature, not once per call)."""
+  return tuple(x + y for x, y in zip(a, b))
 
 
 sign_ste = _identity_tangent(lambda x: jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype))
