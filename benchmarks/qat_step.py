@@ -6,33 +6,60 @@ both alike; compile time is measured on a freshly built step each repetition, al
 interleaved. Steps are compiled as ``compressjax.train.loop`` runs them, with the input state
 donated (the outputs take over its buffers: nothing is copied for state that a step leaves
 unchanged, such as a quantizer's calibrated sign). Ratios of medians are reported with the load
-average. Goals: step <= 1.10x and
-compile <= 1.3x float. ``--flatten`` runs both steps with ``optax.flatten`` (one update over one
-raveled vector instead of one per leaf: QAT adds a small step-size leaf per quantized operand,
-and on CPU each leaf's update is a separate kernel). Each ``--label`` is one entry of the JSON.
+average. Goals: step <= 1.10x and compile <= 1.3x float.
 
-  python benchmarks/qat_step.py [--reps 20] [--compile-reps 3] [--method lsq] [--bits 4]
-                                [--flatten] [--label NAME]
+``--method fixed_step`` puts the floor of any fake quantizer on the LSQ recipe's operands:
+rounding to a constant grid, with no learned state and no step gradient (what quantizing those
+operands costs at all, whatever the method). ``--flatten`` runs both steps with
+``optax.flatten`` (one update over one raveled vector instead of one per leaf: QAT adds a small
+step-size leaf per quantized operand, and on CPU each leaf's update is a separate kernel). Each
+``--label`` is one entry of the JSON.
+
+  python benchmarks/qat_step.py [--reps 20] [--compile-reps 3] [--method lsq|fixed_step|...]
+                                [--bits 4] [--flatten] [--label NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from compressjax.core import compress, discover
 from compressjax.models import get_model
+from compressjax.quant import ste
+from compressjax.quant.base import Quantizer
 from compressjax.quant.recipes import recipe_rules
 from compressjax.train import create_train_state, make_train_step
 
 MODELS = {"cnn": ((8, 8, 1), 64), "resnet20": ((32, 32, 3), 128), "vit": ((8, 8, 1), 64)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FixedStep(Quantizer):
+  """Rounding to a constant grid (step 0.05): no state, no step gradient; straight-through."""
+
+  def fake(self, x, params, stats):
+    del params, stats
+    q = 2 ** (self.bits - 1)
+    return ste.fake_quant(x, jnp.float32(0.05), -q, q - 1)
+
+
+def _rules(method: str, sites, bits: int):
+  """The LSQ recipe's rules; ``fixed_step``: the same operands through :class:`FixedStep`."""
+  if method != "fixed_step":
+    return recipe_rules(method, sites, w_bits=bits, a_bits=bits)
+  fixed = lambda t: None if t is None else FixedStep(bits=t.bits)
+  return [dataclasses.replace(r, weight=fixed(r.weight), act=fixed(r.act), rhs=fixed(r.rhs))
+          for r in recipe_rules("lsq", sites, w_bits=bits, a_bits=bits)]
 
 
 def _optimizer(flatten: bool):
@@ -74,7 +101,7 @@ def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits
   y = rng.integers(0, 10, batch).astype(np.int32)
   model = get_model(name, 10)
   sites = discover(model, x, train=False)
-  qmodel = compress(model, recipe_rules(method, sites, w_bits=bits, a_bits=bits))
+  qmodel = compress(model, _rules(method, sites, bits))
   runs = {"float": _step_and_state(model, x, y, flatten),
           "qat": _step_and_state(qmodel, x, y, flatten)}
   times = {k: [] for k in runs}
