@@ -80,7 +80,15 @@ def _fake_quant_fwd(v, step, lo, hi, step_grad_scale):
 
 
 def _fake_quant_bwd(residuals, ct):
-  v, step, lo, hi, step_grad_scale = residuals
+  return _fake_quant_backward(*residuals, ct)
+
+
+# Jitted so that the backward passes of all quantizers of one shape share one trace (a ResNet-20
+# QAT train step traces 1.73M -> 1.56M Python calls; XLA inlines it: the same kernels). The
+# forward stays unjitted: run eagerly, a compiled forward may divide an ulp apart from the eager
+# ops that export the codes (XLA turns some divisions into reciprocal multiplications).
+@jax.jit
+def _fake_quant_backward(v, step, lo, hi, step_grad_scale, ct):
   lo, hi = _as_dtype(lo, v.dtype), _as_dtype(hi, v.dtype)
   u = v / step
   inside = (u > lo) & (u < hi)

@@ -63,11 +63,21 @@ def test_fake_quant_gradients_per_group_with_calibrated_bounds_and_under_vmap():
                                 np.clip(np.round(v / s), -4, 3) * s)
 
 
+def _equations(jaxpr):
+  """Every equation of ``jaxpr``, those of the calls inside it included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)  # a closed jaxpr's jaxpr, or a jaxpr
+      if hasattr(inner, "eqns"):
+        yield from _equations(inner)
+
+
 def test_fake_quant_step_gradient_is_one_two_term_reduction_over_the_inputs():
   """The backward pass keeps only the inputs and sums both terms of d/dstep in one reduction
   (what lets XLA:CPU fuse the step gradient into one loop)."""
   v, s = jnp.ones((16, 8)), jnp.ones((1, 8))
   backward = lambda v, s, ct: jax.vjp(lambda v, s: ste.fake_quant(v, s, -8, 7), v, s)[1](ct)
-  jaxpr = jax.make_jaxpr(backward)(v, s, v)
-  reductions = [e for e in jaxpr.eqns if e.primitive.name.startswith("reduce")]
+  reductions = [e for e in _equations(jax.make_jaxpr(backward)(v, s, v).jaxpr)
+                if e.primitive.name.startswith("reduce")]
   assert [(e.primitive.name, len(e.outvars)) for e in reductions] == [("reduce", 2)]
