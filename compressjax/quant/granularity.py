@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from compressjax.qarray import as_matrix
+from compressjax.quant._reduce import fused_reduce
 
 Array = jax.Array
 
@@ -167,8 +168,7 @@ def _reduce_stats(v: Array, axes: tuple[int, ...], keep: bool, kind: str, fused:
   inits = tuple(jnp.array(i, o.dtype) for (i, _), o in zip(_REDUCERS[kind], operands))
   combines = tuple(c for _, c in _REDUCERS[kind])
   if fused:
-    out = lax.reduce(operands, inits,
-                     lambda a, b: tuple(c(x, y) for c, x, y in zip(combines, a, b)), axes)
+    out = fused_reduce(operands, inits, combines, axes)
   else:
     out = tuple(lax.reduce(o, i, c, axes) for o, i, c in zip(operands, inits, combines))
   return tuple(jnp.expand_dims(o, axes) if keep else o for o in out)

@@ -104,8 +104,10 @@ class LSQ(Quantizer):
 
   def fake(self, x: Array, params: State, stats: State) -> Array:
     v, s, beta, (q_n, q_p), g = self._prepare(x, params, stats)
-    y = fake_quant(v if beta is None else v - beta, s, -q_n, q_p, g)
-    y = y if beta is None else y + beta
+    if beta is None:
+      y = fake_quant(v, s, -q_n, q_p, g)
+    else:
+      y = fake_quant(v - beta, s, -q_n, q_p, g) + beta
     return self.granularity.unview(y, x.shape).astype(x.dtype)
 
   def quantize(self, x: Array, params: State, stats: State) -> Codes:

@@ -13,6 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from compressjax.quant._reduce import fused_reduce
+
 Array = jax.Array
 
 
@@ -71,12 +73,16 @@ def fake_quant(v: Array, step: Array, lo: Array | int, hi: Array | int,
   forward derivatives through a fake quantizer).
   """
   del step_grad_scale
-  lo, hi = _as_dtype(lo, v.dtype), _as_dtype(hi, v.dtype)
+  return _fake_quant_forward(v, step, lo, hi)
+
+
+def _fake_quant_forward(v, step, lo, hi):
+  lo, hi = _float_bounds(lo, hi, v.dtype)
   return _clamp(lo, rint(v / step), hi) * step
 
 
 def _fake_quant_fwd(v, step, lo, hi, step_grad_scale):
-  return fake_quant(v, step, lo, hi), (v, step, lo, hi, step_grad_scale)
+  return _fake_quant_forward(v, step, lo, hi), (v, step, lo, hi, step_grad_scale)
 
 
 def _fake_quant_bwd(residuals, ct):
@@ -89,7 +95,7 @@ def _fake_quant_bwd(residuals, ct):
 # ops that export the codes (XLA turns some divisions into reciprocal multiplications).
 @jax.jit
 def _fake_quant_backward(v, step, lo, hi, step_grad_scale, ct):
-  lo, hi = _as_dtype(lo, v.dtype), _as_dtype(hi, v.dtype)
+  lo, hi = _float_bounds(lo, hi, v.dtype)
   u = v / step
   inside = (u > lo) & (u < hi)
   zero = jnp.zeros((), ct.dtype)
@@ -102,8 +108,8 @@ def _fake_quant_backward(v, step, lo, hi, step_grad_scale, ct):
 fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
 
 
-def _as_dtype(bound: Array | int, dtype) -> Array:
-  return jax.lax.convert_element_type(bound, dtype)
+def _float_bounds(lo: Array | int, hi: Array | int, dtype) -> tuple[Array, Array]:
+  return jax.lax.convert_element_type(lo, dtype), jax.lax.convert_element_type(hi, dtype)
 
 
 def _clamp(lo: Array, x: Array, hi: Array) -> Array:
@@ -117,7 +123,7 @@ def _clamp(lo: Array, x: Array, hi: Array) -> Array:
 def sum_to_shape(terms: tuple[Array, ...], shape: tuple[int, ...]) -> Array:
   """``sum(terms)`` reduced to ``shape`` (the shape they were broadcast from), as one reduction.
 
-  The terms are summed over the broadcast axes by a single variadic ``lax.reduce``: unlike one
+  The terms are summed over the broadcast axes by one :func:`fused_reduce`: unlike one
   ``jnp.sum`` per term it is one loop over the elements, with their producers fused in.
   """
   full = terms[0].shape
@@ -125,14 +131,8 @@ def sum_to_shape(terms: tuple[Array, ...], shape: tuple[int, ...]) -> Array:
   axes = tuple(range(lead)) + tuple(
       lead + i for i, n in enumerate(shape) if n == 1 and full[lead + i] != 1)
   zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-  sums = jax.lax.reduce(terms, zeros, _add_elementwise, axes)
+  sums = fused_reduce(terms, zeros, (jax.lax.add,) * len(terms), axes)
   return functools.reduce(jnp.add, sums).reshape(shape)
-
-
-def _add_elementwise(a: tuple, b: tuple) -> tuple:
-  """The computation of :func:`sum_to_shape`'s reduction (one function, so that ``lax.reduce``
-  traces it once per signature, not once per call)."""
-  return tuple(x + y for x, y in zip(a, b))
 
 
 sign_ste = _identity_tangent(lambda x: jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype))
