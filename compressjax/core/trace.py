@@ -396,9 +396,11 @@ class _Evaluator:
     carried = [s.name for s in inner if here not in s.stack]
     fresh = {k for k in carried if k not in state}  # created in the loop (init): kept from step 0
     body_jaxpr = p["jaxpr"]
-    # ABSENT inputs (serving) stay outside the loop: only sites read them.
-    live_consts = [c for c in consts if c is not ABSENT]
-    live_xs = [x for x in xs if x is not ABSENT]
+    # ABSENT inputs (serving) stay outside the loop: only sites read them. The body may pass
+    # them through to its outputs (an NNX scan returns its layers' parameters): those come out
+    # ABSENT again.
+    live = lambda values: [v for v in values if v is not ABSENT]
+    absent_ys = []
 
     def refill(values, template):
       it = iter(values)
@@ -408,19 +410,26 @@ class _Evaluator:
       carry_vals, carry_state = c
       x_vals, x_state = x
       st = {**carry_state, **x_state}
-      args = [*refill(live_consts, consts), *carry_vals, *refill(x_vals, xs)]
+      args = [*refill(live(consts), consts), *refill(carry_vals, carry), *refill(x_vals, xs)]
       outs, st = self.run(body_jaxpr.jaxpr, body_jaxpr.consts, args, (*here, 0), st)
+      if [o is ABSENT for o in outs[:n_carry]] != [c is ABSENT for c in carry]:
+        raise ValueError(
+            f"a scan around sites {[s.name for s in inner]} carries a parameter left out of the "
+            "serving variables into a value that is not a site; export keeps such parameters")
+      absent_ys[:] = [y is ABSENT for y in outs[n_carry:]]
       new_carry = {k: st[k] for k in carried if k in st and k not in fresh}
       made = {k: st[k] for k in fresh if k in st}
-      return (outs[:n_carry], new_carry), (outs[n_carry:], {k: st[k] for k in stacked if k in st},
-                                           made)
+      return ((live(outs[:n_carry]), new_carry),
+              (live(outs[n_carry:]), {k: st[k] for k in stacked if k in st}, made))
 
     (carry_out, carry_state), (ys, ys_state, made) = lax.scan(
         body,
-        (carry, {k: state[k] for k in carried if k in state}),
-        (live_xs, {k: state[k] for k in stacked if k in state}),
+        (live(carry), {k: state[k] for k in carried if k in state}),
+        (live(xs), {k: state[k] for k in stacked if k in state}),
         length=p["length"], reverse=p["reverse"], unroll=p["unroll"],
     )
+    carry_out = refill(carry_out, carry)
+    ys = refill(ys, [ABSENT if a else None for a in absent_ys])
     state.update(ys_state)
     state.update(carry_state)
     state.update({k: jax.tree_util.tree_map(lambda a: a[0], v) for k, v in made.items()})

@@ -317,7 +317,8 @@ class NNXCustom(nnx.Module):
 
 class NNXStack(nnx.Module):
 
-  def __init__(self, rngs):
+  def __init__(self, rngs, remat=False):
+    self.remat = remat
 
     @nnx.split_rngs(splits=3)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -328,11 +329,11 @@ class NNXStack(nnx.Module):
 
   def __call__(self, x):
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
     def body(layer, x):
       return jnp.tanh(layer(x))
 
-    return body(self.layers, x)
+    body = nnx.remat(body) if self.remat else body
+    return nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(self.layers, x)
 
 
 class NNXAttention(nnx.Module):
@@ -435,8 +436,10 @@ def test_lsq_gradients_equal_autodiff_on_custom_and_scanned_layers(api, monkeypa
     assert fused[SITE_PARAMS]["stack"]["Dense_0"]["kernel"]["weight"]["step"].shape == (3, 1, 6)
 
 
-def test_nnx_scanned_stack_serves():
-  model, x = NNXStack(nnx.Rngs(0)), _x((3, 4))
+@pytest.mark.parametrize("remat", [False, True])
+def test_nnx_scanned_stack_serves(remat):
+  # Remat'd, the scan body returns the layers' parameters as outputs: serving leaves them out.
+  model, x = NNXStack(nnx.Rngs(0), remat=remat), _x((3, 4))
   cm = compress(model, CATCH_ALL, x)
   assert cm.site_params["layers"]["kernel"]["weight"]["step"].shape == (3, 1, 4)
   _nnx_served_equals_fake(cm, x)
