@@ -1,4 +1,4 @@
-"""Cost model: per-site MACs, parameters, BitOPs and bytes of an unmodified Linen model.
+"""Cost model: per-site MACs, parameters, BitOPs and bytes of an unmodified Linen or NNX model.
 
 ``profile(model, x)`` finds the model's sites with :func:`compressjax.core.discover` (abstract
 tracing: no FLOPs, no memory): every ``dot_general`` / ``conv_general_dilated`` that reads a
@@ -39,6 +39,7 @@ import flax
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import nnx
 from flax.core import meta
 
 from compressjax.core import discover
@@ -219,22 +220,18 @@ def profile(model: nn.Module, *example_args, method: Callable | str | None = Non
   Traces the model abstractly, so it is neither modified nor executed. Non-array arguments
   (``train=True``) are passed through unchanged.
   """
-  if not isinstance(model, nn.Module):
-    raise TypeError(f"profile expects a flax.linen Module; got {type(model).__name__}")
   batch_size = _batch_size(example_args)
-  from compressjax.core.compress import split_dynamic  # pylint: disable=g-import-not-at-top
+  if isinstance(model, nn.Module):
+    sites, param_sizes = _linen_sites(model, example_args, example_kwargs, method)
+  elif isinstance(model, nnx.Module):
+    if method is not None and not isinstance(method, str):
+      raise TypeError("profile: an NNX model's method is given by name (method='encode')")
+    from compressjax.core.nnx_compress import param_shapes  # pylint: disable=g-import-not-at-top
 
-  dyn, rebuild = split_dynamic((example_args, example_kwargs))
-
-  def init(dyn):
-    a, k = rebuild(dyn)
-    return _plain(model).init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a,
-                              method=method, **k)
-
-  variables = jax.eval_shape(init, dyn)
-  params = meta.unbox(variables.get("params", {}))
-  sites = _sites(model, variables, example_args, example_kwargs, method)
-  param_sizes = {p: math.prod(leaf.shape) for p, leaf in flat_paths(params)}
+    sites = discover(model, *example_args, method=method, **example_kwargs)
+    param_sizes = {p: math.prod(shape) for p, shape in param_shapes(model).items()}
+  else:
+    raise TypeError(f"profile expects a flax.linen or flax.nnx Module; got {type(model).__name__}")
   total_params = sum(param_sizes.values())
   out: list[Site] = []
   extra: dict[str, Number] = {}
@@ -260,6 +257,23 @@ def profile(model: nn.Module, *example_args, method: Callable | str | None = Non
         stack_lengths=tuple(s.stack_lengths)))
   return Profile(sites=tuple(out), extra_macs=extra, total_params=total_params,
                  batch_size=batch_size)
+
+
+def _linen_sites(model: nn.Module, args, kwargs, method) -> tuple[list, dict[str, int]]:
+  """The sites of a Linen model and the size of each of its parameters, by name."""
+  from compressjax.core.compress import split_dynamic  # pylint: disable=g-import-not-at-top
+
+  dyn, rebuild = split_dynamic((args, kwargs))
+
+  def init(dyn):
+    a, k = rebuild(dyn)
+    return _plain(model).init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a,
+                              method=method, **k)
+
+  variables = jax.eval_shape(init, dyn)
+  params = meta.unbox(variables.get("params", {}))
+  sites = _sites(model, variables, args, kwargs, method)
+  return sites, {p: math.prod(leaf.shape) for p, leaf in flat_paths(params)}
 
 
 def _plain(model: nn.Module) -> nn.Module:

@@ -122,7 +122,7 @@ def test_bad_bits_and_inputs(digits):
     digits.bitops("4", 8)
   with pytest.raises(KeyError, match="no site 'conv2'"):
     digits["conv2"]  # pylint: disable=pointless-statement
-  with pytest.raises(TypeError, match="flax.linen Module"):
+  with pytest.raises(TypeError, match="flax.linen or flax.nnx Module"):
     cost.profile(lambda x: x, jnp.zeros((1, 2)))
   with pytest.raises(ValueError, match="leading batch dimension"):
     cost.profile(nn.Dense(2), jnp.float32(1.0))

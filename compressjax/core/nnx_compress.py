@@ -128,6 +128,15 @@ class CompressedModule(nnx.Module):
       return functools.partial(self.call, name)
     raise AttributeError(f"{type(self).__name__} (over {type(model).__name__}) has no {name!r}")
 
+  def site_param_values(self) -> dict:
+    """The sites' learnable values as plain arrays, nested by site name (Linen's
+    ``params["compressjax"]``); tracers inside ``nnx.grad``, so costs of them differentiate."""
+    return _unwrap(self.site_params)
+
+  def set_site_param_values(self, values: dict) -> None:
+    """Writes ``values`` (nested like :meth:`site_param_values`) into the sites' parameters."""
+    _assign({"p": self.site_params}, {"p": values})
+
   def with_compression(self, spec: Compression) -> CompressedModule:
     out = CompressedModule(self.model, spec, _unwrap(self.site_params),
                            _unwrap(self.site_stats), _unwrap(self.served), self.example)
@@ -157,9 +166,7 @@ def _inputs(model, spec: Compression, method, args, kwargs):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths, absent_idx, values = [], set(), []
   for i, (kp, leaf) in enumerate(leaves):
-    names = [key_name(k) for k in kp]
-    names = names[:-1] if names and names[-1] == "value" else names
-    path = "/".join(names)
+    path = _param_name(kp)
     paths.append(path)
     if path in absent:
       absent_idx.add(i)
@@ -168,6 +175,19 @@ def _inputs(model, spec: Compression, method, args, kwargs):
   params = jax.tree_util.tree_unflatten(treedef, values)
   rest_leaves = len(jax.tree_util.tree_leaves((rest, dyn)))
   return fn, (params, rest, dyn), paths + [None] * rest_leaves, frozenset(absent_idx)
+
+
+def _param_name(key_path) -> str:
+  """A parameter's name, as sites and rules see it: ``"conv0/kernel"``."""
+  names = [key_name(k) for k in key_path]
+  return "/".join(names[:-1] if names and names[-1] == "value" else names)
+
+
+def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+  """Every ``nnx.Param`` of ``model`` (of the wrapped model, for a compressed one) by name."""
+  model = model.model if isinstance(model, CompressedModule) else model
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+  return {_param_name(kp): tuple(leaf.shape) for kp, leaf in leaves}
 
 
 def _call(model, spec: Compression, state: dict, method: str, args, kwargs, *, init: bool,

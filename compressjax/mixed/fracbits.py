@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from compressjax.core.compress import SITE_PARAMS, compress
 from compressjax.core.sites import discover
@@ -134,7 +135,8 @@ def fracbits(
   """``model`` with FracBits weight and activation bit-widths at every site but the edges.
 
   Args:
-    model: an unmodified float Linen model; ``x`` an example input (finds the sites).
+    model: an unmodified float Linen or NNX model; ``x`` an example input (finds the sites;
+      an NNX model's transform state is created on it, from the model's weights).
     target_bits: the bit-width the budget corresponds to; lambdas start at ``target + 0.5``.
     min_bits, max_bits: the allowed range of every searchable bit-width.
     kernel_wise: one weight bit-width per output channel instead of per layer.
@@ -149,8 +151,8 @@ def fracbits(
   common = dict(min_bits=min_bits, max_bits=max_bits, init_bits=init)
   weight = FracBits(base=w_base, channels=kernel_wise, **common)
   act = FracBits(base=a_base, **common)
-  return compress(model, edge_rules(discover(model, x), weight, act, method=method,
-                                    edge_bits=edge_bits))
+  rules = edge_rules(discover(model, x), weight, act, method=method, edge_bits=edge_bits)
+  return compress(model, rules, x) if isinstance(model, nnx.Module) else compress(model, rules)
 
 
 
@@ -178,6 +180,20 @@ def _state_sites(tree: Any, prefix: tuple[str, ...] = ()) -> list[str]:
   for k, v in tree.items():
     out += _state_sites(v, (*prefix, k))
   return out
+
+
+def _nnx(model: Any) -> bool:
+  from compressjax.core.nnx_compress import CompressedModule  # pylint: disable=g-import-not-at-top
+
+  return isinstance(model, CompressedModule)
+
+
+def _params(model: Any, params: Any) -> Any:
+  """``params``; for a compressed NNX model given ``params=None``, its own site parameters in
+  Linen's layout (``{"compressjax": {site: {"weight": ..., "input": ...}}}``)."""
+  if params is None and _nnx(model):
+    return {SITE_PARAMS: model.site_param_values()}
+  return params
 
 
 def _site_state(params: Any, path: str) -> dict:
@@ -213,11 +229,13 @@ def site_bits(model: nn.Module, params: Any, profile: Profile, *, at_min: bool =
 
   FracBits operands give their clamped lambdas (jnp, differentiable), or their ``min_bits``
   with ``at_min``. Raises ValueError if a site with state in ``params`` has no entry in
-  ``profile``.
+  ``profile``. A compressed NNX model reads its own parameters (``params=None``; inside
+  ``nnx.grad`` the costs differentiate in them).
   """
   spec = getattr(model, "compression", None)
   if spec is None:
     raise TypeError(f"{type(model).__name__} is not a compressed model (use fracbits() first)")
+  params = _params(model, params)
   if params is not None:
     check_profile(profile, _state_sites(params.get(SITE_PARAMS, {})))
   w_bits, a_bits = {}, {}
@@ -240,12 +258,17 @@ def check_budget(model: nn.Module, params: Any, profile: Profile, budget: Budget
   budget.check_reachable(min_cost, "every searchable bit-width at its min_bits")
 
 
-def clamp_lambdas(model: nn.Module, params: Any) -> Any:
+def clamp_lambdas(model: nn.Module, params: Any = None) -> Any:
   """``params`` with every FracBits lambda projected onto its ``[min_bits, max_bits]``.
 
   Run after each optimizer step: the forward pass clamps too, but a lambda left outside the
-  range would get no gradient back into it.
+  range would get no gradient back into it. A compressed NNX model (``params=None``) is clamped
+  in place and returned.
   """
+  if params is None and _nnx(model):
+    model.set_site_param_values(clamp_lambdas(model, _params(model, None))[SITE_PARAMS])
+    return model
+
   def project(path, leaf):
     keys = [key_name(k) for k in path]
     if len(keys) < 4 or keys[0] != SITE_PARAMS or keys[-1] != LAMBDA:
@@ -270,6 +293,7 @@ class _Unit:
 
 
 def _units(model: nn.Module, params: Any, profile: Profile) -> list[_Unit]:
+  params = _params(model, params)
   out = []
   for path in profile.paths:
     rule = _rule(model, path)
@@ -300,7 +324,8 @@ def harden(
   fill adds one bit at a time, to the operands whose lambdas were closest to rounding up,
   while the cost stays under the target; if that is still not within ``tol``, the over side
   is taken when it is closer.
-  ``meta`` records the offset, the steps, the cost and its relative error.
+  ``meta`` records the offset, the steps, the cost and its relative error. A compressed NNX
+  model reads its own parameters (``params=None``).
   """
   check_budget(model, params, profile, budget)
   w_fixed, a_fixed = site_bits(model, params, profile)

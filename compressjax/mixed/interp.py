@@ -12,8 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from compressjax.quant.base import Quantizer
+from compressjax.qarray import QArray
+from compressjax.quant.base import Codes, Quantizer
 
 Array = jax.Array
 State = dict[str, Array]
@@ -75,3 +77,39 @@ class ChannelBits:
   def fake(self, x: Array, params: State, stats: State) -> Array:
     bits = jnp.asarray(self.bits, jnp.float32)
     return mix(self.base, x, params, stats, bits, min(self.bits), max(self.bits))
+
+  def quantize(self, x: Array, params: State, stats: State) -> Codes:
+    """Each channel's codes, scale and zero point from the base quantizer at its bits (a
+    0-bit channel: code 0 at zero point 0); scales and zero points are per channel."""
+    n = x.shape[-1]
+    channel_bits = np.asarray(self.bits)
+    codes, scale, zero = jnp.zeros(x.shape, jnp.float32), jnp.ones((n,)), jnp.zeros((n,))
+    lo, hi = 0, 0
+    for k in sorted(set(self.bits) - {0}):
+      q = self.base.replace(bits=k).quantize(x, params, stats)
+      on = jnp.asarray(channel_bits == k)
+      codes = jnp.where(on, q.codes, codes)
+      scale = jnp.where(on, self._per_channel(q.scale, n, "scale"), scale)
+      zero = jnp.where(on, self._per_channel(q.zero_point, n, "zero point"), zero)
+      lo, hi = min(lo, q.lo), max(hi, q.hi)
+    return Codes(codes, scale, zero, lo, hi)
+
+  def export(self, x: Array, params: State, stats: State) -> QArray:
+    """Codes in a container of ``max(bits)`` bits with per-channel scales; dequantizes to
+    :meth:`fake` (each channel as the base quantizer at its own bits)."""
+    q = self.quantize(x, params, stats)
+    bits = max(self.bits)
+    signed = q.lo < 0
+    container_lo, container_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if q.lo < container_lo or q.hi > container_hi:
+      raise ValueError(f"ChannelBits: {type(self.base).__name__} codes span {q.lo}..{q.hi}, "
+                       f"wider than a {bits}-bit container")
+    return QArray.from_codes(q.codes.astype(jnp.int32), q.scale, q.zero_point, bits=bits,
+                             signed=signed)
+
+  def _per_channel(self, a: Array | float, n: int, what: str) -> Array:
+    a = jnp.asarray(a, jnp.float32)
+    if a.size not in (1, n):
+      raise ValueError(f"ChannelBits: the {type(self.base).__name__} {what} has shape "
+                       f"{a.shape}; per-channel bits export only per-tensor or per-channel scales")
+    return jnp.broadcast_to(a.reshape(-1), (n,))

@@ -172,3 +172,90 @@ def test_search_state_layout_and_export_is_refused_naming_the_site(setup):
   from compressjax import export  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"site 'conv1/kernel'.*kernel-wise FracBits .* no integer export"):
     export(fm, v, x)
+
+
+def test_nnx_search_costs_like_linen_hardens_and_its_fixed_model_serves(setup):
+  """The NNX twin of the CNN: same profile and search cost as Linen, an ``nnx.Optimizer``
+  search moves the cost to the budget (lambdas clamped in place), harden meets it, and the
+  fixed-bit NNX model at the hardened bits computes what the search model does at them."""
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.models import nnx_zoo  # pylint: disable=g-import-not-at-top
+
+  model, x, y, profile, fm, v = setup
+  twin = nnx_zoo.load_linen(nnx_zoo.CNN(widths=(4, 8), hidden=16, num_classes=10,
+                                        rngs=nnx.Rngs(0)), jax.jit(model.init)(jax.random.key(1), x))
+  assert cost.profile(twin, x) == profile
+  twin.eval()
+  search = fb.fracbits(twin, x, target_bits=3, max_bits=4, kernel_wise=True)
+  budget = _uniform3_budget(model, x, profile)
+  start = float(fb.search_cost(search, None, profile, budget))
+  np.testing.assert_allclose(start, fb.search_cost(fm, v["params"], profile, budget), rtol=1e-6)
+  search.train()
+  opt = nnx.Optimizer(search, optax.adam(0.05), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(m, opt):
+    def loss(m):
+      ce = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+      return ce + budget.penalty(fb.search_cost(m, None, profile, budget))
+
+    opt.update(m, nnx.grad(loss)(m))
+    fb.clamp_lambdas(m)
+
+  for _ in range(15):
+    step(search, opt)
+  lams = search.site_param_values()["conv1"]["kernel"]["weight"]["lambda"]
+  assert float(jnp.min(lams)) >= 2.0 and float(jnp.max(lams)) <= 4.0
+  end = float(fb.search_cost(search, None, profile, budget))
+  assert abs(end / budget.target - 1) < abs(start / budget.target - 1) / 2
+  alloc = fb.harden(search, None, profile, budget)
+  assert abs(alloc.meta["relative_error"]) <= 0.01
+  search.eval()
+  fixed = cj.compress(search.model, mr.rules_from_json(alloc), x)
+  fixed.set_site_param_values(fb.transfer(search.site_param_values(), fixed.site_param_values()))
+  hard = search.site_param_values()
+  for p in ("conv1", "hidden"):
+    hard[p]["kernel"]["weight"]["lambda"] = jnp.asarray(alloc.w_bits[f"{p}/kernel"], jnp.float32)
+    hard[p]["kernel"]["input"]["lambda"] = jnp.float32(alloc.a_bits[f"{p}/kernel"])
+  search.set_site_param_values(hard)
+  fixed.eval()
+  np.testing.assert_allclose(fixed(x), search(x), rtol=1e-5, atol=1e-5)
+  served = cj.export(fixed)
+  np.testing.assert_allclose(served(x), fixed(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base, bits", [(SAT(), (2, 3, 4, 2, 4, 3, 2, 4)),
+                                        (DoReFa(), (2, 3, 4, 0, 4, 1, 2, 4))])
+def test_per_channel_bits_export_as_one_qarray_and_serve_as_fake_quant(setup, base, bits):
+  """A hardened kernel-wise allocation (ChannelBits: 0 to 4 bits across channels) exports
+  every channel at its own bits in a 4-bit container, Linen and NNX alike."""
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.models import nnx_zoo  # pylint: disable=g-import-not-at-top
+  from compressjax.mixed.interp import ChannelBits  # pylint: disable=g-import-not-at-top
+  from compressjax.qarray import QArray  # pylint: disable=g-import-not-at-top
+
+  w = jax.random.normal(jax.random.key(5), (3, 3, 2, 8))
+  t = ChannelBits(base=base, bits=bits)
+  qa = t.export(w, {}, {})
+  assert qa.bits == 4
+  np.testing.assert_allclose(qa.dequantize(), t.fake(w, {}, {}), rtol=1e-6, atol=1e-7)
+  for c in np.flatnonzero(np.asarray(bits) == 0):
+    np.testing.assert_array_equal(np.asarray(qa.dequantize())[..., c], 0.0)
+  model, x, _, _, _, _ = setup
+  alloc = mr.BitAllocation.create(
+      {"conv0/kernel": 8, "conv1/kernel": list(t.bits), "hidden/kernel": 3, "head/kernel": 8},
+      {"conv0/kernel": None, "conv1/kernel": 3, "hidden/kernel": 3, "head/kernel": 8})
+  method = lambda wb, ab: (base.replace(bits=wb), PACT(bits=ab))
+  rules = mr.rules_from_json(alloc, method=method)
+  fixed = compress(model, rules)
+  variables = jax.jit(fixed.init)(jax.random.key(1), x)
+  serving, served = cj.export(fixed, variables, x)
+  assert isinstance(served["served"]["conv1"]["kernel"]["weight"], QArray)
+  np.testing.assert_allclose(jax.jit(serving.apply)(served, x), fixed.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  twin = nnx_zoo.CNN(widths=(4, 8), hidden=16, num_classes=10, rngs=nnx.Rngs(0))
+  twin.eval()
+  fixed_nnx = cj.compress(twin, rules, x)
+  np.testing.assert_allclose(cj.export(fixed_nnx)(x), fixed_nnx(x), rtol=1e-5, atol=1e-5)
