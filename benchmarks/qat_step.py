@@ -16,7 +16,7 @@ step-size leaf per quantized operand, and on CPU each leaf's update is a separat
 ``--label`` is one entry of the JSON.
 
   python benchmarks/qat_step.py [--reps 20] [--compile-reps 3] [--method lsq|fixed_step|...]
-                                [--bits 4] [--flatten] [--label NAME]
+                                [--bits 4] [--flatten] [--models cnn vit ...] [--label NAME]
 """
 
 from __future__ import annotations
@@ -93,15 +93,22 @@ def _compile_seconds(model, state, batch, flatten: bool) -> float:
   return time.perf_counter() - t
 
 
-def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits: int,
-          flatten: bool) -> dict:
+def float_and_qat(name: str, batch: int, method: str, bits: int):
+  """``(float model, compressed model, images, labels)`` of one benchmark model (``batch`` 0:
+  the model's own batch)."""
   rng = np.random.default_rng(0)
   shape, batch = MODELS[name][0], batch or MODELS[name][1]
   x = rng.standard_normal((batch, *shape)).astype(np.float32)
   y = rng.integers(0, 10, batch).astype(np.int32)
   model = get_model(name, 10)
   sites = discover(model, x, train=False)
-  qmodel = compress(model, _rules(method, sites, bits))
+  return model, compress(model, _rules(method, sites, bits)), x, y
+
+
+def bench(name: str, batch: int, reps: int, compile_reps: int, method: str, bits: int,
+          flatten: bool) -> dict:
+  model, qmodel, x, y = float_and_qat(name, batch, method, bits)
+  batch = len(x)
   runs = {"float": _step_and_state(model, x, y, flatten),
           "qat": _step_and_state(qmodel, x, y, flatten)}
   times = {k: [] for k in runs}
@@ -138,12 +145,13 @@ def main():
   parser.add_argument("--bits", type=int, default=4)
   parser.add_argument("--flatten", action="store_true",
                       help="optax.flatten around the optimizer, for float and QAT alike")
+  parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
   parser.add_argument("--label", default="", help="this run's name in the JSON")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args()
   device = jax.devices()[0]
   rows = [bench(name, args.batch, args.reps, args.compile_reps, args.method, args.bits,
-                args.flatten) for name in MODELS]
+                args.flatten) for name in args.models]
   for r in rows:
     print(f"{r['model']:>9} batch {r['batch']}: float {r['float_ms']:.2f} ms, "
           f"{r['method']} W{r['bits']}A{r['bits']} {r['qat_ms']:.2f} ms, ratio {r['ratio']:.2f}x; "
