@@ -215,14 +215,17 @@ def _export_nnx(module, backend):
 
   example = module.example
   tr = nnx_compress.trace_nnx(module, example.args, example.kwargs, method=example.method)
-  graphdef, params, rest = nnx.split(module.model, nnx.Param, ...)
+  # tree_map rebuilds the Variables: the serving copy shares arrays, not Variables, with the
+  # model, and it keeps the active switch's values (AdaBits' per-bit BatchNorm).
+  with nnx_compress.switched_in(module):
+    graphdef, params, rest = nnx.split(module.model, nnx.Param, ...)
+    params, rest = jax.tree_util.tree_map(lambda a: a, (params, rest))
   values = dict(flat_paths(params))
   value_of = lambda p: values.get(p + "/value", values.get(p))
   state = join_state(tr.site_list, nnx_compress._unwrap(module.site_params),  # pylint: disable=protected-access
                                   nnx_compress._unwrap(module.site_stats))  # pylint: disable=protected-access
   served, absent = export_sites(module.compression, tr, value_of, state)
-  # tree_map rebuilds the Variables: the serving copy shares arrays, not Variables, with the model.
-  copy = nnx.merge(graphdef, *jax.tree_util.tree_map(lambda a: a, (params, rest)))
+  copy = nnx.merge(graphdef, params, rest)
   drop = {p for p, _, _ in absent}
   for path, var in nnx.iter_graph(copy):
     if isinstance(var, nnx.Param) and "/".join(map(str, path)) in drop:

@@ -12,6 +12,7 @@ mutated state (BatchNorm statistics, RNG counters) back. Statistics are updated 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -56,7 +57,9 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
   from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
 
   method = kwargs.pop("method", "__call__")
-  spec = Compression(check_rules(rules), checks=check_flag(kwargs.pop("checks", False)))
+  interceptors = _switch_interceptors(kwargs.pop("interceptors", ()))
+  spec = Compression(check_rules(rules), interceptors=interceptors,
+                     checks=check_flag(kwargs.pop("checks", False)))
   recalibrate = bn_recalibrate.wanted(kwargs.pop("recalibrate_bn", None), spec)
   graphdef, model_state = nnx.split(model)
   dyn, rebuild = split_dynamic((args, kwargs))
@@ -86,8 +89,71 @@ def compress_nnx(model: nnx.Module, rules, *args: Any, **kwargs: Any) -> Compres
 
   (params, stats), changed = lean_jit(init, model_state, dyn)(model_state, dyn)
   nnx.update(model, changed)
-  return CompressedModule(model, spec, params, stats,
-                          example=Example(method, _abstract(args), _abstract(kwargs)))
+  out = CompressedModule(model, spec, params, stats,
+                         example=Example(method, _abstract(args), _abstract(kwargs)))
+  out.switches = nnx.data(_make_switches(model, interceptors))
+  return out
+
+
+def _switch_interceptors(interceptors) -> tuple:
+  """The interceptors an NNX model takes: variable switches (see :func:`_make_switches`)."""
+  interceptors = tuple(interceptors)
+  for i in interceptors:
+    if not callable(getattr(i, "switched_module", None)):
+      raise TypeError(
+          f"compress: an NNX model takes interceptors that switch module variables (with "
+          f"switch_keys, active_key and switched_module(module), e.g. AdaBits' SwitchableBN); "
+          f"{i!r} is a Linen method interceptor")
+  if len(interceptors) > 1:
+    raise ValueError(f"compress: at most one variable switch per NNX model, got {interceptors}")
+  return interceptors
+
+
+def _make_switches(model: nnx.Module, interceptors: tuple) -> dict:
+  """``{key: {module path: {attribute: Variable}}}``: for every key of the switch, a copy of
+  each switched submodule's variables (AdaBits: each BatchNorm's scale, bias, mean, var per
+  bit-width), starting from the model's own."""
+  if not interceptors:
+    return {}
+  (switch,) = interceptors
+  modules = {"/".join(map(str, path)): m for path, m in nnx.iter_modules(model)
+             if path and switch.switched_module(m)}
+  return {k: {p: {a: type(v)(v.get_value()) for a, v in vars(m).items()
+                  if isinstance(v, nnx.Variable)} for p, m in modules.items()}
+          for k in switch.switch_keys}
+
+
+def _submodule(model: nnx.Module, path: str) -> nnx.Module:
+  for part in path.split("/"):
+    model = model[int(part)] if part.isdigit() else getattr(model, part)
+  return model
+
+
+@contextlib.contextmanager
+def switched_in(module: CompressedModule, model: nnx.Module | None = None):
+  """For the duration of a call, ``model``'s (default: the wrapped model's) switched variables
+  hold the active switch's values; afterwards the switch takes their new values (updated
+  statistics) and the model gets its own back."""
+  switches = module.switches
+  if not switches:
+    yield
+    return
+  (switch,) = module.compression.interceptors
+  active = switches[switch.active_key]
+  model = module.model if model is None else model
+  saved = {}
+  for path, variables in active.items():
+    sub = _submodule(model, path)
+    for attr, var in variables.items():
+      saved[path, attr] = getattr(sub, attr).get_value()
+      getattr(sub, attr).set_value(var.get_value())
+  try:
+    yield
+  finally:
+    for (path, attr), value in saved.items():
+      own = getattr(_submodule(model, path), attr)
+      active[path][attr].set_value(own.get_value())
+      own.set_value(value)
 
 
 class CompressedModule(nnx.Module):
@@ -102,6 +168,7 @@ class CompressedModule(nnx.Module):
     self.site_params = nnx.data(_wrap(params, nnx.Param))
     self.site_stats = nnx.data(_wrap(stats, QuantStat))
     self.served = nnx.data(_wrap(served or {}, Served))
+    self.switches = nnx.data({})  # variable switches (AdaBits' per-bit BatchNorm): compress_nnx
 
   def __call__(self, *args, **kwargs):
     return self.call("__call__", *args, **kwargs)
@@ -112,8 +179,9 @@ class CompressedModule(nnx.Module):
     state = {"params": _unwrap(self.site_params), "stats": _unwrap(self.site_stats),
              "served": _unwrap(self.served)}
     update = not self.use_running_average and not self.compression.serve
-    new, out = _call(self.model, self.compression, state, method, args, kwargs, init=False,
-                     update_stats=update)
+    with switched_in(self):
+      new, out = _call(self.model, self.compression, state, method, args, kwargs, init=False,
+                       update_stats=update)
     if update:
       _, stats = split_state(new)
       _assign(self.site_stats, stats)
@@ -138,8 +206,11 @@ class CompressedModule(nnx.Module):
     _assign({"p": self.site_params}, {"p": values})
 
   def with_compression(self, spec: Compression) -> CompressedModule:
-    out = CompressedModule(self.model, spec, _unwrap(self.site_params),
-                           _unwrap(self.site_stats), _unwrap(self.served), self.example)
+    """The same model and state (shared variables: training either trains both) under
+    ``spec`` (AdaBits' ``at_bits``: another active bit-width)."""
+    out = CompressedModule(self.model, spec, {}, {}, None, self.example)
+    for name in ("site_params", "site_stats", "served", "switches"):
+      setattr(out, name, nnx.data(getattr(self, name)))
     out.use_running_average = self.use_running_average
     return out
 

@@ -187,6 +187,21 @@ class SwitchableBN:
   def at(self, bits: int) -> SwitchableBN:
     return dataclasses.replace(self, active=bits)
 
+  # NNX: the compressed module keeps a copy of every nnx.BatchNorm's variables per bit-width
+  # and swaps the active one in for each call (compressjax.core.nnx_compress.switched_in).
+  @property
+  def switch_keys(self) -> tuple[str, ...]:
+    return tuple(key(b) for b in self.bits)
+
+  @property
+  def active_key(self) -> str:
+    return key(self.active)
+
+  def switched_module(self, module: Any) -> bool:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+
+    return isinstance(module, nnx.BatchNorm)
+
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
     if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"):
@@ -217,7 +232,9 @@ def adabits(
   """``model`` with switchable quantizers and switchable BatchNorm, active at ``max(bits_list)``.
 
   Args:
-    model: an unmodified float Linen model.
+    model: an unmodified float Linen or NNX model (NNX: transform state is created on ``x``
+      from the model's weights; every ``nnx.BatchNorm`` gets a copy of its variables per
+      bit-width, swapped in for the active one; train ``at_bits`` views, which share them).
     bits_list: bit-widths from high to low, e.g. ``(8, 4, 3, 2)`` (weights and activations).
     x: an example input (finds the sites; the first and last are the edges).
     method: the quantizers: a ``compressjax.quant.recipes`` name (``"sat"``, ``"dorefa_pact"``,
@@ -233,7 +250,10 @@ def adabits(
     rules = with_edges([Rule(pattern=".", weight=w, act=a)], sites)
   else:
     rules = edge_rules(sites, w, a, method=method, edge_bits=edge_bits)
-  return compress(model, rules, interceptors=(SwitchableBN(bits, bits[0]),))
+  switch = SwitchableBN(bits, bits[0])
+  if isinstance(model, nn.Module):
+    return compress(model, rules, interceptors=(switch,))
+  return compress(model, rules, x, interceptors=(switch,))
 
 
 def _probe_bits(bits_list: Sequence[int], method: Method) -> tuple[int, ...]:

@@ -140,3 +140,54 @@ def test_export_at_a_bit_width_serves_what_the_fake_quant_model_computes(setup):
   served, serving_vars = export(m4, v, x)
   np.testing.assert_allclose(served.apply(serving_vars, x), m4.apply(v, x), rtol=1e-5, atol=1e-5)
   assert serving_paths(served, serving_vars, x)["hidden/kernel"][0] == "int8 dot"
+
+
+def test_nnx_adabits_computes_the_linen_model_trains_jointly_and_serves_every_bit_width(setup):
+  """The NNX twin of the CNN: ``adabits`` gives it switchable quantizers and a copy of every
+  BatchNorm per bit-width (the model's own stay as they were); at init each bit-width computes
+  exactly the Linen AdaBits model; joint training through ``at_bits`` views (which share the
+  state) moves each switch's statistics on its own; every bit-width serves as fake-quant."""
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.models import nnx_zoo  # pylint: disable=g-import-not-at-top
+
+  model, x, y, float_vars, am, v = setup
+  twin = nnx_zoo.load_linen(nnx_zoo.CNN(widths=(4, 8), hidden=16, num_classes=10,
+                                        rngs=nnx.Rngs(0)), float_vars)
+  twin.eval()
+  own_mean = np.asarray(twin.bn1.mean.get_value())
+  nm = ab.adabits(twin, BITS, x)
+  assert set(nm.switches) == {"8", "4", "2"}
+  assert set(nm.switches["4"]["bn1"]) == {"scale", "bias", "mean", "var"}
+  linen = ab.init_from_float(am, float_vars, x, alpha_percentile=None)
+  for b in BITS:
+    np.testing.assert_allclose(ab.at_bits(nm, b)(x), ab.at_bits(am, b).apply(linen, x, train=False),
+                               rtol=1e-6, atol=1e-6)
+  nm.train()
+  opt = nnx.Optimizer(nm, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(m, opt):
+    def loss(m):
+      return sum(optax.softmax_cross_entropy_with_integer_labels(ab.at_bits(m, b)(x), y).mean()
+                 for b in BITS)
+
+    value, grads = nnx.value_and_grad(loss)(m)
+    opt.update(m, grads)
+    return value
+
+  losses = [float(step(nm, opt)) for _ in range(8)]
+  assert losses[-1] < losses[0]
+  np.testing.assert_array_equal(twin.bn1.mean.get_value(), own_mean)
+  means = {b: np.asarray(nm.switches[str(b)]["bn1"]["mean"].get_value()) for b in BITS}
+  assert not np.allclose(means[8], means[2]) and not np.allclose(means[8], own_mean)
+  nm.eval()
+  outs = {}
+  for b in BITS:
+    view = ab.at_bits(nm, b)
+    outs[b] = view(x)
+    np.testing.assert_allclose(cj.export(view)(x), outs[b], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(outs[8], outs[2])
+  with pytest.raises(TypeError, match="Linen method interceptor"):
+    cj.compress(twin, [cj.Rule(pattern=".", weight=SAT(bits=4))], x,
+                interceptors=(lambda *a: None,))
