@@ -24,7 +24,7 @@ from flax import nnx
 from compressjax.core import trace as trace_lib
 from compressjax.core.compress import (Compression, check_flag, check_rules, lean_jit, run,
                                        split_dynamic, split_state, state_reader)
-from compressjax.core.tree_paths import key_name
+from compressjax.core.tree_paths import leaf_name
 from compressjax.qarray import QArray
 
 
@@ -237,7 +237,7 @@ def _inputs(model, spec: Compression, method, args, kwargs):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths, absent_idx, values = [], set(), []
   for i, (kp, leaf) in enumerate(leaves):
-    path = _param_name(kp)
+    path = leaf_name(kp)
     paths.append(path)
     if path in absent:
       absent_idx.add(i)
@@ -248,17 +248,13 @@ def _inputs(model, spec: Compression, method, args, kwargs):
   return fn, (params, rest, dyn), paths + [None] * rest_leaves, frozenset(absent_idx)
 
 
-def _param_name(key_path) -> str:
-  """A parameter's name, as sites and rules see it: ``"conv0/kernel"``."""
-  names = [key_name(k) for k in key_path]
-  return "/".join(names[:-1] if names and names[-1] == "value" else names)
 
 
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   """Every ``nnx.Param`` of ``model`` (of the wrapped model, for a compressed one) by name."""
   model = model.model if isinstance(model, CompressedModule) else model
   leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
-  return {_param_name(kp): tuple(leaf.shape) for kp, leaf in leaves}
+  return {leaf_name(kp): tuple(leaf.shape) for kp, leaf in leaves}
 
 
 def _call(model, spec: Compression, state: dict, method: str, args, kwargs, *, init: bool,

@@ -14,6 +14,15 @@ def key_name(key: Any) -> str:
   return str(key)
 
 
+def leaf_name(key_path: Iterable[Any]) -> str:
+  """The '/'-joined name of a leaf's key path; an NNX ``Variable``'s ``.value`` (a trailing
+  attribute key ``value``) is not part of it: ``"conv0/kernel"`` in Linen and NNX alike."""
+  keys = list(key_path)
+  if keys and type(keys[-1]).__name__ == "GetAttrKey" and key_name(keys[-1]) == "value":
+    keys = keys[:-1]
+  return path_str(keys)
+
+
 def path_str(path: Iterable[Any]) -> str:
   """Joins a module or parameter path (names or key-path entries) with '/'."""
   return "/".join(p if isinstance(p, str) else key_name(p) for p in path)

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 
 from compressjax.core.matching import first_match, path_str, warn_unused
+from compressjax.core.tree_paths import leaf_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,18 +34,19 @@ class Rule:
   prune: bool = True
 
 
-def key_name(key: Any) -> str:
-  """Name of one step of a jax key path (dict key, attribute or index)."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def leaf_paths(tree: Any) -> list[tuple[str, Any]]:
-  """(path, leaf) for every leaf, paths '/'-joined, in jax's flattening order."""
+  """(path, leaf) for every leaf, paths '/'-joined, in jax's flattening order.
+
+  In the state of a compressed NNX module (what ``nnx.Optimizer`` holds: the wrapped model
+  under ``model``, transform state under ``site_params``) the model's parameters keep the names
+  its sites and rules give them (``conv1/kernel``, not ``model/conv1/kernel``)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return [(path_str(key_name(k) for k in keys), leaf) for keys, leaf in flat]
+  keys = set(tree.keys()) if hasattr(tree, "keys") else set()
+  wrapped = "model/" if {"model", "site_params"} <= keys else None
+  names = [leaf_name(k) for k, _ in flat]
+  if wrapped:
+    names = [n[len(wrapped):] if n.startswith(wrapped) else n for n in names]
+  return list(zip(names, (leaf for _, leaf in flat)))
 
 
 def _natural_key(path: str) -> list[Any]:

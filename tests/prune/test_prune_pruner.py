@@ -194,3 +194,45 @@ def test_erk_pruner_follows_the_erk_allocation():
   for p, n in shapes.items():
     m = np.asarray(masks[p]["kernel"])
     assert 1 - m.mean() == pytest.approx(expected[p], abs=0.5 / m.size)
+
+
+def test_nnx_optimizer_prunes_a_compressed_model_by_its_rule_names_and_serves():
+  """An ``nnx.Optimizer`` over a compressed NNX model: the pruner names the model's kernels as
+  its sites do (``conv1/kernel``, not ``model/conv1/kernel``; NNX ``Variable`` values named by
+  their parameter), follows ``call_order``, leaves transform state alone, and the exported
+  model keeps the zeros (``keep_zeros``) and serves as fake-quant."""
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.models import nnx_zoo  # pylint: disable=g-import-not-at-top
+  from compressjax.quant import LSQ, PER_CHANNEL  # pylint: disable=g-import-not-at-top
+
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+  y = jnp.arange(16) % 10
+  model = nnx_zoo.CNN(widths=(4, 8), hidden=16, num_classes=10, rngs=nnx.Rngs(0))
+  w4 = cj.core.keep_zeros(LSQ(bits=4, granularity=PER_CHANNEL))
+  cm = cj.compress(model, [cj.Rule(pattern=".", weight=w4)], x)
+  order = prune.call_order(cm, None, x)
+  assert order == ["conv0/kernel", "conv1/kernel", "hidden/kernel", "head/kernel"]
+  tx = optax.chain(optax.adam(1e-2),
+                   prune.magnitude(0.5, prune.one_shot(0), order=order,
+                                   layers=[prune.Rule("hidden|conv1")]))
+  opt = nnx.Optimizer(cm, tx, wrt=nnx.Param)
+  cm.train()
+
+  @nnx.jit
+  def step(m, opt):
+    grads = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(m)
+    opt.update(m, grads)
+
+  for _ in range(3):
+    step(cm, opt)
+  zeros = {k: float(jnp.mean(getattr(model, k).kernel.get_value() == 0))
+           for k in ("conv0", "conv1", "hidden", "head")}
+  assert zeros == {"conv0": 0.0, "conv1": 0.5, "hidden": 0.5, "head": 0.0}
+  masks = prune.get_masks(opt.opt_state)
+  assert masks["site_params"]["conv1"]["kernel"]["weight"]["step"].get_value() is None
+  cm.eval()
+  served = cj.export(cm)
+  weight = np.asarray(served.served["hidden"]["kernel"]["weight"].get_value().dequantize())
+  assert np.all(weight[np.asarray(model.hidden.kernel.get_value()) == 0] == 0)
+  np.testing.assert_allclose(served(x), cm(x), rtol=1e-5, atol=1e-5)
