@@ -41,6 +41,7 @@ Array = jax.Array
 STATS = "quant_stats"
 SERVED = "served"  # serving state written by export: QArrays, activation quantizer state
 SITE_PARAMS = "compressjax"  # key of the transforms' learnable values inside ``params``
+NNX_SITE_PARAMS = "site_params"  # their attribute in a compressed NNX module (nnx_compress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,11 +523,13 @@ def param_labels(params: Any, quantizer_label: str = "quantizer", other_label: s
   """Labels every leaf of ``params`` for ``optax.multi_transform``: transform state vs model.
 
   Quantizer parameters (step sizes, clip levels, bit-widths) usually get no weight decay and
-  sometimes their own learning rate.
+  sometimes their own learning rate. ``params``: a Linen ``params`` collection, or the
+  ``nnx.state(model, nnx.Param)`` of a compressed NNX model (its ``site_params``); it can be
+  passed itself to ``optax.multi_transform`` as the labelling function.
   """
 
   def label(path, _):
-    return quantizer_label if key_name(path[0]) == SITE_PARAMS else other_label
+    return quantizer_label if key_name(path[0]) in (SITE_PARAMS, NNX_SITE_PARAMS) else other_label
 
   return jax.tree_util.tree_map_with_path(label, params)
 

@@ -100,3 +100,20 @@ def test_linen_and_nnx_calibrate_alike_and_keep_the_weights():
   values = lambda leaves: np.sort(np.concatenate([np.ravel(a) for a in leaves]))
   np.testing.assert_allclose(values(jax.tree.leaves(nnx.state(cm, cj.core.QuantStat))),
                              values(after), rtol=1e-6, atol=1e-6)
+
+
+def test_param_labels_mark_the_same_quantizer_params_in_linen_and_nnx():
+  x, _ = _data()
+  linen = cj.compress(CNN(widths=(4, 8), hidden=16), RULES)
+  params = jax.eval_shape(linen.init, jax.random.key(0), x)["params"]
+  twin = cj.compress(nnx_zoo.CNN(widths=(4, 8), hidden=16, rngs=nnx.Rngs(0)), RULES, x)
+
+  def quantizer_paths(labels, prefix):
+    return sorted(p.split("/", 1)[1] for p, label in cj.core.tree_paths.flat_paths(labels)
+                  if label == "quantizer" and p.startswith(prefix))
+
+  quantized = quantizer_paths(cj.param_labels(params), "compressjax/")
+  assert quantized and all(p.endswith("/step") for p in quantized)
+  nnx_labels = cj.param_labels(nnx.state(twin, nnx.Param))
+  assert [p.removesuffix("/value") for p in quantizer_paths(nnx_labels, "site_params/")] == quantized
+  assert set(jax.tree.leaves(nnx_labels)) == {"quantizer", "model"}
