@@ -196,14 +196,20 @@ class CompressedModule(nnx.Module):
       return functools.partial(self.call, name)
     raise AttributeError(f"{type(self).__name__} (over {type(model).__name__}) has no {name!r}")
 
-  def site_param_values(self) -> dict:
-    """The sites' learnable values as plain arrays, nested by site name (Linen's
-    ``params["compressjax"]``); tracers inside ``nnx.grad``, so costs of them differentiate."""
-    return _unwrap(self.site_params)
+  def site_values(self, kind: str = "params") -> dict:
+    """The sites' learnable values (``"params"``: Linen's ``params["compressjax"]``) or
+    statistics (``"stats"``) as plain arrays, nested by site name; tracers inside
+    ``nnx.grad``, so costs of the parameters differentiate."""
+    return _unwrap(self._site_variables(kind))
 
-  def set_site_param_values(self, values: dict) -> None:
-    """Writes ``values`` (nested like :meth:`site_param_values`) into the sites' parameters."""
-    _assign({"p": self.site_params}, {"p": values})
+  def set_site_values(self, values: dict, kind: str = "params") -> None:
+    """Writes ``values`` (nested like :meth:`site_values`) into the sites' variables."""
+    _assign({kind: self._site_variables(kind)}, {kind: values})
+
+  def _site_variables(self, kind: str) -> dict:
+    if kind not in ("params", "stats"):
+      raise ValueError(f"kind={kind!r} is not allowed; use 'params' or 'stats'")
+    return self.site_params if kind == "params" else self.site_stats
 
   def with_compression(self, spec: Compression) -> CompressedModule:
     """The same model and state (shared variables: training either trains both) under

@@ -306,8 +306,18 @@ def copy_switch(variables: Any, src: int, dst: int) -> Any:
   BatchNorm: every ``<name>_b<src>`` leaf is copied to ``<name>_b<dst>``; transform state
   (``params["compressjax"]``, ``quant_stats``): every ``"<src>"`` entry of a switch dict is
   copied to ``"<dst>"``. Builds the direct-adaptation baseline: a model trained at ``src`` bits
-  run at ``dst`` with the same BatchNorm and clip levels.
+  run at ``dst`` with the same BatchNorm and clip levels. A compressed NNX model is copied in
+  place (its BatchNorm switches and transform state) and returned.
   """
+  from compressjax.core.nnx_compress import CompressedModule  # pylint: disable=g-import-not-at-top
+
+  if isinstance(variables, CompressedModule):
+    for path, bn in variables.switches[key(src)].items():
+      for attr, var in bn.items():
+        variables.switches[key(dst)][path][attr].set_value(var.get_value())
+    for kind in ("params", "stats"):
+      variables.set_site_values(_copy_state_switch(variables.site_values(kind), src, dst), kind)
+    return variables
   if not isinstance(variables, dict):
     return variables
   out = {}

@@ -192,7 +192,7 @@ def _params(model: Any, params: Any) -> Any:
   """``params``; for a compressed NNX model given ``params=None``, its own site parameters in
   Linen's layout (``{"compressjax": {site: {"weight": ..., "input": ...}}}``)."""
   if params is None and _nnx(model):
-    return {SITE_PARAMS: model.site_param_values()}
+    return {SITE_PARAMS: model.site_values()}
   return params
 
 
@@ -266,7 +266,7 @@ def clamp_lambdas(model: nn.Module, params: Any = None) -> Any:
   in place and returned.
   """
   if params is None and _nnx(model):
-    model.set_site_param_values(clamp_lambdas(model, _params(model, None))[SITE_PARAMS])
+    model.set_site_values(clamp_lambdas(model, _params(model, None))[SITE_PARAMS])
     return model
 
   def project(path, leaf):

@@ -188,6 +188,12 @@ def test_nnx_adabits_computes_the_linen_model_trains_jointly_and_serves_every_bi
     outs[b] = view(x)
     np.testing.assert_allclose(cj.export(view)(x), outs[b], rtol=1e-5, atol=1e-5)
   assert not np.allclose(outs[8], outs[2])
+  ab.copy_switch(nm, 8, 2)  # direct adaptation: the 8-bit BatchNorm and clip levels at 2 bits
+  for name in ("mean", "scale"):
+    np.testing.assert_array_equal(nm.switches["2"]["bn1"][name].get_value(),
+                                  nm.switches["8"]["bn1"][name].get_value())
+  site = nm.site_values()["conv1"]["kernel"]["input"]
+  assert jax.tree.leaves(site["2"]) and jax.tree.all(jax.tree.map(np.array_equal, site["2"], site["8"]))
   with pytest.raises(TypeError, match="Linen method interceptor"):
     cj.compress(twin, [cj.Rule(pattern=".", weight=SAT(bits=4))], x,
                 interceptors=(lambda *a: None,))

@@ -205,7 +205,7 @@ def test_nnx_search_costs_like_linen_hardens_and_its_fixed_model_serves(setup):
 
   for _ in range(15):
     step(search, opt)
-  lams = search.site_param_values()["conv1"]["kernel"]["weight"]["lambda"]
+  lams = search.site_values()["conv1"]["kernel"]["weight"]["lambda"]
   assert float(jnp.min(lams)) >= 2.0 and float(jnp.max(lams)) <= 4.0
   end = float(fb.search_cost(search, None, profile, budget))
   assert abs(end / budget.target - 1) < abs(start / budget.target - 1) / 2
@@ -213,12 +213,12 @@ def test_nnx_search_costs_like_linen_hardens_and_its_fixed_model_serves(setup):
   assert abs(alloc.meta["relative_error"]) <= 0.01
   search.eval()
   fixed = cj.compress(search.model, mr.rules_from_json(alloc), x)
-  fixed.set_site_param_values(fb.transfer(search.site_param_values(), fixed.site_param_values()))
-  hard = search.site_param_values()
+  fixed.set_site_values(fb.transfer(search.site_values(), fixed.site_values()))
+  hard = search.site_values()
   for p in ("conv1", "hidden"):
     hard[p]["kernel"]["weight"]["lambda"] = jnp.asarray(alloc.w_bits[f"{p}/kernel"], jnp.float32)
     hard[p]["kernel"]["input"]["lambda"] = jnp.float32(alloc.a_bits[f"{p}/kernel"])
-  search.set_site_param_values(hard)
+  search.set_site_values(hard)
   fixed.eval()
   np.testing.assert_allclose(fixed(x), search(x), rtol=1e-5, atol=1e-5)
   served = cj.export(fixed)
