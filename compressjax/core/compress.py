@@ -559,6 +559,17 @@ def lean_jit(fn: Callable, *inputs: Any) -> Callable:
   return jax.jit(fn, compiler_options=None if nested else lean_compiler_options())
 
 
+def refuse_nnx(model: Any, what: str) -> None:
+  """TypeError for an NNX model given to a Linen-variables function that NNX does not need."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model, nnx.Module):
+    raise TypeError(
+        f"{what} takes a Linen model and its variables; an NNX model starts from its own "
+        "weights: load the float weights into the module, then cj.compress(model, rules, x) "
+        "initialises the transform state on x from them (and recomputes BatchNorm statistics)")
+
+
 def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
               recalibrate_bn: bool | None = None, **kwargs: Any) -> dict:
   """Variables of a compressed Linen ``model`` that start from a float model's ``variables``.
@@ -573,6 +584,7 @@ def init_from(model: Any, variables: dict, *args: Any, rng: Array | None = None,
   from compressjax.core import bn_recalibrate  # pylint: disable=g-import-not-at-top
   from compressjax.core.checks import check_finite  # pylint: disable=g-import-not-at-top
 
+  refuse_nnx(model, "init_from")
   check_finite(variables.get("params", {}), "init_from: float variables")
   rng = jax.random.key(0) if rng is None else rng
   dyn, rebuild = split_dynamic((args, kwargs))

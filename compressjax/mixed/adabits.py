@@ -359,6 +359,18 @@ def recalibrate_bn(model: nn.Module, variables: dict, images: Iterable[Array]) -
 
   Runs the model in training mode with only ``batch_stats`` mutable (no gradient, quantizer
   state untouched); BatchNorm's running average moves with its own momentum, so pass enough
-  batches (tens) for the old statistics to fade.
+  batches (tens) for the old statistics to fade. A compressed NNX model (``variables=None``)
+  is recalibrated in place (its active switch) and returned, in the mode it was in.
   """
-  return calibrate(model, variables, images, collections=("batch_stats",), train=True)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(model, nnx.Module):
+    return calibrate(model, variables, images, collections=("batch_stats",), train=True)
+  stats, evaluating = model.site_values("stats"), model.use_running_average
+  model.train()
+  for batch in images:
+    model(batch)
+  model.set_site_values(stats, "stats")
+  if evaluating:
+    model.eval()
+  return model

@@ -32,7 +32,8 @@ import numpy as np
 
 from compressjax.core.record import RecordInput
 from compressjax.core.matching import UnusedRuleWarning
-from compressjax.core.compress import SITE_PARAMS, STATS, compress, init_from, uncompressed
+from compressjax.core.compress import (SITE_PARAMS, STATS, compress, init_from, refuse_nnx,
+                                       uncompressed)
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.tree_paths import get_path
 from compressjax.quant.recipes import recipe
@@ -116,6 +117,7 @@ def start_from_float(
   chains included) is set to the ``alpha_percentile`` percentile of that site's float input on
   ``x`` (None: keep PACT's init).
   """
+  refuse_nnx(model, "start_from_float")
   shapes = init_shapes(model, x)
   start = {
       col: _copy_float_into_switches(shapes[col], float_variables[col])

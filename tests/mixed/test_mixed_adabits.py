@@ -188,12 +188,21 @@ def test_nnx_adabits_computes_the_linen_model_trains_jointly_and_serves_every_bi
     outs[b] = view(x)
     np.testing.assert_allclose(cj.export(view)(x), outs[b], rtol=1e-5, atol=1e-5)
   assert not np.allclose(outs[8], outs[2])
+  before = {b: np.asarray(nm.switches[str(b)]["bn1"]["mean"].get_value()) for b in (8, 2)}
+  stats = nm.site_values("stats")
+  ab.recalibrate_bn(ab.at_bits(nm, 2), None, [x] * 3)  # only the active switch's statistics
+  assert not np.allclose(nm.switches["2"]["bn1"]["mean"].get_value(), before[2])
+  np.testing.assert_array_equal(nm.switches["8"]["bn1"]["mean"].get_value(), before[8])
+  assert jax.tree.all(jax.tree.map(np.array_equal, nm.site_values("stats"), stats))
+  assert twin.bn1.use_running_average  # back in eval mode
   ab.copy_switch(nm, 8, 2)  # direct adaptation: the 8-bit BatchNorm and clip levels at 2 bits
   for name in ("mean", "scale"):
     np.testing.assert_array_equal(nm.switches["2"]["bn1"][name].get_value(),
                                   nm.switches["8"]["bn1"][name].get_value())
   site = nm.site_values()["conv1"]["kernel"]["input"]
   assert jax.tree.leaves(site["2"]) and jax.tree.all(jax.tree.map(np.array_equal, site["2"], site["8"]))
+  with pytest.raises(TypeError, match="an NNX model starts from its own weights"):
+    ab.init_from_float(nm, float_vars, x)
   with pytest.raises(TypeError, match="Linen method interceptor"):
     cj.compress(twin, [cj.Rule(pattern=".", weight=SAT(bits=4))], x,
                 interceptors=(lambda *a: None,))
