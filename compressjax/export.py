@@ -595,8 +595,15 @@ class SizeReport:
   per_leaf: dict[str, int]
 
 
-def size_report(variables: dict, collections: tuple[str, ...] = ("params", SERVED)) -> SizeReport:
-  """Storage size of ``variables`` (QArrays count their packed codes and scales)."""
+def size_report(variables: Any, collections: tuple[str, ...] = ("params", SERVED)) -> SizeReport:
+  """Storage size of ``variables`` (QArrays count their packed codes and scales); an NNX
+  serving module (``cj.export(nnx_model)``) counts its parameters and served state."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.core import nnx_compress  # pylint: disable=g-import-not-at-top
+
+  if isinstance(variables, nnx_compress.CompressedModule):
+    variables = {"params": nnx.to_pure_dict(nnx.state(variables.model, nnx.Param)),
+                 SERVED: nnx_compress._unwrap(variables.served)}  # pylint: disable=protected-access
   per_leaf: dict[str, int] = {}
   qbytes = fbytes = 0
   for col in collections:

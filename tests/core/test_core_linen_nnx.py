@@ -117,3 +117,18 @@ def test_param_labels_mark_the_same_quantizer_params_in_linen_and_nnx():
   nnx_labels = cj.param_labels(nnx.state(twin, nnx.Param))
   assert [p.removesuffix("/value") for p in quantizer_paths(nnx_labels, "site_params/")] == quantized
   assert set(jax.tree.leaves(nnx_labels)) == {"quantizer", "model"}
+
+
+def test_size_report_of_the_served_linen_cnn_and_its_nnx_twin_agree():
+  x, _ = _data()
+  rules = [Rule(pattern=".", weight=LSQ(bits=4, granularity=PER_CHANNEL))]
+  linen = cj.compress(CNN(widths=(4, 8), hidden=16), rules)
+  _, served = cj.export(linen, linen.init(jax.random.key(0), x), x)
+  twin = cj.compress(nnx_zoo.CNN(widths=(4, 8), hidden=16, rngs=nnx.Rngs(0)), rules, x)
+  twin.eval()
+  a, b = cj.size_report(served), cj.size_report(cj.export(twin))
+  assert (a.total_bytes, a.qarray_bytes, a.float_bytes) == (b.total_bytes, b.qarray_bytes,
+                                                            b.float_bytes)
+  float_bytes = sum(np.size(l) * 4 for l in jax.tree.leaves(
+      CNN(widths=(4, 8), hidden=16).init(jax.random.key(0), x)["params"]))
+  assert a.qarray_bytes > 0 and a.total_bytes < 0.25 * float_bytes
