@@ -8,6 +8,10 @@ it (``__call__`` or any method of the model) runs the model as a pure function o
 (``nnx.split`` / ``merge``) through the same site machinery as Linen, then writes the model's
 mutated state (BatchNorm statistics, RNG counters) back. Statistics are updated unless
 ``use_running_average`` is True, which ``model.eval()`` sets, as for ``nnx.BatchNorm``.
+
+``interceptors=`` takes one *variable switch* (AdaBits' ``SwitchableBN``): the module keeps a
+copy of the switched submodules' variables per key (``switches``) and swaps the active key's
+into the model around each call (:func:`switched_in`).
 """
 
 from __future__ import annotations
@@ -130,17 +134,17 @@ def _submodule(model: nnx.Module, path: str) -> nnx.Module:
 
 
 @contextlib.contextmanager
-def switched_in(module: CompressedModule, model: nnx.Module | None = None):
-  """For the duration of a call, ``model``'s (default: the wrapped model's) switched variables
-  hold the active switch's values; afterwards the switch takes their new values (updated
-  statistics) and the model gets its own back."""
+def switched_in(module: CompressedModule):
+  """For the duration of a call, the wrapped model's switched variables hold the active
+  switch's values; afterwards the switch takes their new values (updated statistics) and the
+  model gets its own back."""
   switches = module.switches
   if not switches:
     yield
     return
   (switch,) = module.compression.interceptors
   active = switches[switch.active_key]
-  model = module.model if model is None else model
+  model = module.model
   saved = {}
   for path, variables in active.items():
     sub = _submodule(model, path)
