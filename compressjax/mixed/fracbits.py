@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from compressjax.core.compress import SITE_PARAMS, compress
+from compressjax.core.matching import first_match
 from compressjax.core.sites import discover
 from compressjax.core.tree_paths import get_path, key_name
 from compressjax.cost import Profile
@@ -151,7 +152,16 @@ def fracbits(
   common = dict(min_bits=min_bits, max_bits=max_bits, init_bits=init)
   weight = FracBits(base=w_base, channels=kernel_wise, **common)
   act = FracBits(base=a_base, **common)
-  rules = edge_rules(discover(model, x), weight, act, method=method, edge_bits=edge_bits)
+  sites = discover(model, x)
+  rules = edge_rules(sites, weight, act, method=method, edge_bits=edge_bits)
+  stacked = [s.name for s in sites if s.has_weight and s.stack_lengths
+             and first_match(rules, s)[1].weight is weight]
+  if stacked:
+    raise ValueError(
+        f"fracbits: sites {stacked} are scanned stacks (nn.scan / nnx.scan): each layer would "
+        "search its own bit-width, but one scanned op takes one fixed bit-width, so the "
+        "hardened allocation could not be built or served; search a model whose layers are "
+        "not stacked, or quantize the stack at fixed bits")
   return compress(model, rules, x) if isinstance(model, nnx.Module) else compress(model, rules)
 
 

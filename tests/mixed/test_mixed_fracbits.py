@@ -259,3 +259,76 @@ def test_per_channel_bits_export_as_one_qarray_and_serve_as_fake_quant(setup, ba
   twin.eval()
   fixed_nnx = cj.compress(twin, rules, x)
   np.testing.assert_allclose(cj.export(fixed_nnx)(x), fixed_nnx(x), rtol=1e-5, atol=1e-5)
+
+
+def test_out_of_zoo_custom_einsum_layers_search_harden_and_serve_and_scans_are_refused():
+  """A Linen model with a custom layer contracting its own ``w`` with ``jnp.einsum`` and its NNX
+  version: the middle (searched, kernel-wise) custom layer hardens to the budget and the fixed
+  model serves; a searched site inside ``nn.scan`` is refused at build time, naming it."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+
+  class Mix(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      w = self.param("w", nn.initializers.normal(0.5), (x.shape[-1], 8))
+      return nn.tanh(jnp.einsum("bi,io->bo", x, w))
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3, name="head")(Mix(name="mid")(Mix(name="inp")(x)))
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, c, _):
+      return Mix()(c), None
+
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = Mix(name="inp")(x)
+      x, _ = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     length=3)(name="stack")(x, None)
+      return nn.Dense(3, name="head")(x)
+
+  class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+      self.inp = nnx.Param(jax.random.normal(rngs.params(), (8, 8)) * 0.5)
+      self.mid = nnx.Param(jax.random.normal(rngs.params(), (8, 8)) * 0.5)
+      self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      x = jnp.tanh(jnp.einsum("bi,io->bo", x, self.inp[...]))
+      return self.head(jnp.tanh(jnp.einsum("bi,io->bo", x, self.mid[...])))
+
+  x = jax.random.normal(jax.random.key(0), (16, 8))
+  with pytest.raises(ValueError, match=r"sites \['stack/Mix_0/w'\] are scanned stacks"):
+    fb.fracbits(Scanned(), x)
+  for model in (Net(), NNXNet(nnx.Rngs(0))):
+    profile = cost.profile(model, x)
+    assert [s.path for s in profile.sites] == (["inp/w", "mid/w", "head/kernel"]
+                                               if isinstance(model, nn.Module) else
+                                               ["inp", "mid", "head/kernel"])
+    search = fb.fracbits(model, x, target_bits=3, max_bits=4, kernel_wise=True)
+    if isinstance(model, nn.Module):
+      params = search.init(jax.random.key(1), x)["params"]
+    else:
+      params = None
+    budget = fb.Budget(target=0.95 * float(fb.search_cost(search, params, profile,
+                                                          fb.Budget(target=1.0))))
+    alloc = fb.harden(search, params, profile, budget)
+    assert abs(alloc.meta["relative_error"]) <= 0.01
+    mid = alloc.w_bits["mid/w" if isinstance(model, nn.Module) else "mid"]
+    assert len(set(mid)) > 1  # per-channel bits: served through ChannelBits
+    fixed = compress(model, mr.rules_from_json(alloc)) if isinstance(model, nn.Module) else (
+        cj.compress(model, mr.rules_from_json(alloc), x))
+    if isinstance(model, nn.Module):
+      variables = fixed.init(jax.random.key(1), x)
+      serving, served = cj.export(fixed, variables, x)
+      out, fake = jax.jit(serving.apply)(served, x), fixed.apply(variables, x)
+    else:
+      fixed.eval()
+      out, fake = cj.export(fixed)(x), fixed(x)
+    np.testing.assert_allclose(out, fake, rtol=1e-5, atol=1e-5)
