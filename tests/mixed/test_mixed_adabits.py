@@ -206,3 +206,80 @@ def test_nnx_adabits_computes_the_linen_model_trains_jointly_and_serves_every_bi
   with pytest.raises(TypeError, match="Linen method interceptor"):
     cj.compress(twin, [cj.Rule(pattern=".", weight=SAT(bits=4))], x,
                 interceptors=(lambda *a: None,))
+
+
+def test_adabits_on_custom_einsum_layers_with_batchnorm_in_scanned_stacks_linen_and_nnx():
+  """Out of the zoo: a custom layer contracting its own ``w`` with ``jnp.einsum`` then a
+  BatchNorm, stacked 3 times under ``nn.scan`` / ``nnx.scan``. Each bit-width has its own stacked
+  BatchNorm switch, the bit-widths compute differently, and each serves as fake-quant."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, c, _):
+      w = self.param("w", nn.initializers.normal(0.5), (c.shape[-1], 4))
+      return nn.tanh(nn.BatchNorm(use_running_average=True)(jnp.einsum("bi,io->bo", c, w))), None
+
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      del train
+      x = nn.Dense(4, name="first")(x)
+      x, _ = nn.scan(Block, variable_axes={"params": 0, "batch_stats": 0},
+                     split_rngs={"params": True}, length=3)(name="stack")(x, None)
+      return nn.Dense(3, name="head")(x)
+
+  class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+      self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 4)) * 0.5)
+      self.bn = nnx.BatchNorm(4, rngs=rngs)
+
+    def __call__(self, x):
+      return jnp.tanh(self.bn(jnp.einsum("bi,io->bo", x, self.w[...])))
+
+  class NNXStack(nnx.Module):
+    def __init__(self, rngs):
+      @nnx.split_rngs(splits=3)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make(rngs):
+        return NNXBlock(rngs)
+
+      self.first, self.layers = nnx.Linear(4, 4, rngs=rngs), make(rngs)
+      self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+      body = nnx.scan(lambda layer, x: layer(x), in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      return self.head(body(self.layers, self.first(x)))
+
+  x = jax.random.normal(jax.random.key(0), (8, 4))
+  linen = ab.adabits(Stack(), (8, 4), x)
+  variables = linen.init(jax.random.key(1), x)
+  assert variables["batch_stats"]["stack"]["BatchNorm_0"]["mean_b4"].shape == (3, 4)
+  outs = {b: ab.at_bits(linen, b).apply(variables, x) for b in (8, 4)}
+  assert not np.allclose(outs[8], outs[4])
+  for b in (8, 4):
+    serving, served = cj.export(ab.at_bits(linen, b), variables, x)
+    np.testing.assert_allclose(jax.jit(serving.apply)(served, x), outs[b], rtol=1e-5, atol=1e-5)
+
+  model = NNXStack(nnx.Rngs(0))
+  am = ab.adabits(model, (8, 4), x)
+  assert am.switches["4"]["layers/bn"]["mean"].get_value().shape == (3, 4)
+  own = np.asarray(model.layers.bn.mean.get_value())
+  am.train()
+  opt = nnx.Optimizer(am, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(m, opt):
+    opt.update(m, nnx.grad(lambda m: sum(jnp.mean(ab.at_bits(m, b)(x) ** 2) for b in (8, 4)))(m))
+
+  for _ in range(3):
+    step(am, opt)
+  np.testing.assert_array_equal(model.layers.bn.mean.get_value(), own)
+  assert not np.allclose(am.switches["4"]["layers/bn"]["mean"].get_value(),
+                         am.switches["8"]["layers/bn"]["mean"].get_value())
+  am.eval()
+  for b in (8, 4):
+    view = ab.at_bits(am, b)
+    np.testing.assert_allclose(cj.export(view)(x), view(x), rtol=1e-5, atol=1e-5)

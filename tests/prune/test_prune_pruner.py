@@ -236,3 +236,40 @@ def test_nnx_optimizer_prunes_a_compressed_model_by_its_rule_names_and_serves():
   weight = np.asarray(served.served["hidden"]["kernel"]["weight"].get_value().dequantize())
   assert np.all(weight[np.asarray(model.hidden.kernel.get_value()) == 0] == 0)
   np.testing.assert_allclose(served(x), cm(x), rtol=1e-5, atol=1e-5)
+
+
+def test_nnx_pruner_on_a_custom_einsum_layer_and_a_scanned_stack():
+  """Out of the zoo: a custom ``w`` read by ``jnp.einsum`` and an ``nnx.scan`` stack of 3 Linear
+  layers (one stacked kernel) are candidates under their site names, pruned to 50%, and serve."""
+  import compressjax as cj  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from compressjax.quant import LSQ  # pylint: disable=g-import-not-at-top
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 8)))
+
+      @nnx.split_rngs(splits=3)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make(rngs):
+        return nnx.Linear(8, 8, rngs=rngs)
+
+      self.layers = make(rngs)
+
+    def __call__(self, x):
+      body = nnx.scan(lambda layer, x: jnp.tanh(layer(x)), in_axes=(0, nnx.Carry),
+                      out_axes=nnx.Carry)
+      return body(self.layers, jnp.einsum("bi,io->bo", x, self.w[...]))
+
+  x = jax.random.normal(jax.random.key(0), (6, 4))
+  model = Model(nnx.Rngs(0))
+  cm = cj.compress(model, [cj.Rule(pattern=".", weight=cj.core.keep_zeros(LSQ(bits=4)))], x)
+  order = prune.call_order(cm, None, x)
+  assert order == ["w", "layers/kernel"]
+  tx = prune.magnitude(0.5, prune.one_shot(0), order=order, skip_first_last=False)
+  opt = nnx.Optimizer(cm, optax.chain(optax.sgd(1e-3), tx), wrt=nnx.Param)
+  opt.update(cm, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(cm))
+  assert float(jnp.mean(model.w.get_value() == 0)) == 0.5
+  assert float(jnp.mean(model.layers.kernel.get_value() == 0)) == 0.5
+  cm.eval()
+  np.testing.assert_allclose(cj.export(cm)(x), cm(x), rtol=1e-5, atol=1e-5)
