@@ -221,10 +221,8 @@ def _export_nnx(module, backend):
     graphdef, params, rest = nnx.split(module.model, nnx.Param, ...)
     params, rest = jax.tree_util.tree_map(lambda a: a, (params, rest))
   values = dict(flat_paths(params))
-  value_of = lambda p: values.get(p + "/value", values.get(p))
-  state = join_state(tr.site_list, nnx_compress._unwrap(module.site_params),  # pylint: disable=protected-access
-                                  nnx_compress._unwrap(module.site_stats))  # pylint: disable=protected-access
-  served, absent = export_sites(module.compression, tr, value_of, state)
+  state = join_state(tr.site_list, module.site_values("params"), module.site_values("stats"))
+  served, absent = export_sites(module.compression, tr, values.get, state)
   copy = nnx.merge(graphdef, params, rest)
   drop = {p for p, _, _ in absent}
   for path, var in nnx.iter_graph(copy):
@@ -602,8 +600,8 @@ def size_report(variables: Any, collections: tuple[str, ...] = ("params", SERVED
   from compressjax.core import nnx_compress  # pylint: disable=g-import-not-at-top
 
   if isinstance(variables, nnx_compress.CompressedModule):
-    variables = {"params": nnx.to_pure_dict(nnx.state(variables.model, nnx.Param)),
-                 SERVED: nnx_compress._unwrap(variables.served)}  # pylint: disable=protected-access
+    variables = {"params": nnx.state(variables.model, nnx.Param),
+                 SERVED: variables.site_values(SERVED)}
   per_leaf: dict[str, int] = {}
   qbytes = fbytes = 0
   for col in collections:

@@ -28,7 +28,7 @@ from flax import nnx
 from compressjax.core import trace as trace_lib
 from compressjax.core.compress import (Compression, check_flag, check_rules, lean_jit, run,
                                        split_dynamic, split_state, state_reader)
-from compressjax.core.tree_paths import leaf_name
+from compressjax.core.tree_paths import flat_paths, leaf_name
 from compressjax.qarray import QArray
 
 
@@ -180,8 +180,7 @@ class CompressedModule(nnx.Module):
   def call(self, method: str | Callable, *args, **kwargs):
     """Runs ``method`` of the model under the compression: a method name, or a function called
     as ``method(model, *args, **kwargs)`` (as Linen's ``apply(method=...)``)."""
-    state = {"params": _unwrap(self.site_params), "stats": _unwrap(self.site_stats),
-             "served": _unwrap(self.served)}
+    state = {kind: self.site_values(kind) for kind in ("params", "stats", "served")}
     update = not self.use_running_average and not self.compression.serve
     with switched_in(self):
       new, out = _call(self.model, self.compression, state, method, args, kwargs, init=False,
@@ -201,9 +200,9 @@ class CompressedModule(nnx.Module):
     raise AttributeError(f"{type(self).__name__} (over {type(model).__name__}) has no {name!r}")
 
   def site_values(self, kind: str = "params") -> dict:
-    """The sites' learnable values (``"params"``: Linen's ``params["compressjax"]``) or
-    statistics (``"stats"``) as plain arrays, nested by site name; tracers inside
-    ``nnx.grad``, so costs of the parameters differentiate."""
+    """The sites' learnable values (``"params"``: Linen's ``params["compressjax"]``),
+    statistics (``"stats"``) or serving state (``"served"``) as plain arrays (QArrays), nested
+    by site name; tracers inside ``nnx.grad``, so costs of the parameters differentiate."""
     return _unwrap(self._site_variables(kind))
 
   def set_site_values(self, values: dict, kind: str = "params") -> None:
@@ -211,9 +210,10 @@ class CompressedModule(nnx.Module):
     _assign({kind: self._site_variables(kind)}, {kind: values})
 
   def _site_variables(self, kind: str) -> dict:
-    if kind not in ("params", "stats"):
-      raise ValueError(f"kind={kind!r} is not allowed; use 'params' or 'stats'")
-    return self.site_params if kind == "params" else self.site_stats
+    by_kind = {"params": self.site_params, "stats": self.site_stats, "served": self.served}
+    if kind not in by_kind:
+      raise ValueError(f"kind={kind!r} is not allowed; use one of {sorted(by_kind)}")
+    return by_kind[kind]
 
   def with_compression(self, spec: Compression) -> CompressedModule:
     """The same model and state (shared variables: training either trains both) under
@@ -263,8 +263,7 @@ def _inputs(model, spec: Compression, method, args, kwargs):
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   """Every ``nnx.Param`` of ``model`` (of the wrapped model, for a compressed one) by name."""
   model = model.model if isinstance(model, CompressedModule) else model
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
-  return {leaf_name(kp): tuple(leaf.shape) for kp, leaf in leaves}
+  return {p: tuple(leaf.shape) for p, leaf in flat_paths(nnx.state(model, nnx.Param))}
 
 
 def _call(model, spec: Compression, state: dict, method: str, args, kwargs, *, init: bool,

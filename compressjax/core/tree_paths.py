@@ -51,8 +51,9 @@ def set_path(tree: dict, name: str, value: Any) -> None:
 
 
 def flat_paths(tree: Any, is_leaf=None) -> list[tuple[str, Any]]:
-  """``(path, leaf)`` for every leaf of ``tree``, paths '/'-joined."""
+  """``(path, leaf)`` for every leaf of ``tree``, in flattening order, named by
+  :func:`leaf_name` (NNX state leaves as their parameters)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-  return [(path_str(k), leaf) for k, leaf in flat]
+  return [(leaf_name(k), leaf) for k, leaf in flat]

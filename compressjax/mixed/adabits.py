@@ -30,11 +30,11 @@ import flax.linen as nn
 import jax
 
 from compressjax.core.calibrate import calibrate
-from compressjax.core.compress import SITE_PARAMS, STATS, compress, with_compression
+from compressjax.core.compress import SITE_PARAMS, STATS, with_compression
 from compressjax.core.rule import Rule, with_edges
 from compressjax.core.sites import discover
-from compressjax.mixed.common import (DEFAULT_METHOD, Method, edge_rules, quantizers,
-                                      start_from_float)
+from compressjax.mixed.common import (DEFAULT_METHOD, Method, compress_on, edge_rules,
+                                      quantizers, start_from_float)
 from compressjax.quant.base import Quantizer
 
 Array = jax.Array
@@ -250,10 +250,7 @@ def adabits(
     rules = with_edges([Rule(pattern=".", weight=w, act=a)], sites)
   else:
     rules = edge_rules(sites, w, a, method=method, edge_bits=edge_bits)
-  switch = SwitchableBN(bits, bits[0])
-  if isinstance(model, nn.Module):
-    return compress(model, rules, interceptors=(switch,))
-  return compress(model, rules, x, interceptors=(switch,))
+  return compress_on(model, rules, x, interceptors=(SwitchableBN(bits, bits[0]),))
 
 
 def _probe_bits(bits_list: Sequence[int], method: Method) -> tuple[int, ...]:

@@ -64,6 +64,13 @@ def edge_rules(sites: Sequence[Any], weight: Any, act: Any, *, method: Method, e
   )
 
 
+def compress_on(model: Any, rules: Sequence[Rule], x: Array, **kwargs: Any) -> Any:
+  """``compress(model, rules)``; an NNX model also takes ``x``, on which its state is created."""
+  if isinstance(model, nn.Module):
+    return compress(model, rules, **kwargs)
+  return compress(model, rules, x, **kwargs)
+
+
 def site_inputs(model: nn.Module, variables: dict, x: Array, **kwargs: Any) -> dict[str, Array]:
   """The activation operand of every weight site of a float ``model`` on ``x``, by site name
   (as the op sees it; stacked along the leading axes for sites in ``nn.scan`` stacks)."""

@@ -28,16 +28,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from compressjax.core.compress import SITE_PARAMS, compress
+from compressjax.core.compress import SITE_PARAMS
 from compressjax.core.matching import first_match
 from compressjax.core.sites import discover
 from compressjax.core.tree_paths import get_path, key_name
 from compressjax.cost import Profile
 from compressjax.mixed.adabits import Switchable
 from compressjax.mixed.budget import Budget, check_profile
-from compressjax.mixed.common import DEFAULT_METHOD, Method, edge_rules, quantizers, transfer
+from compressjax.mixed.common import (DEFAULT_METHOD, Method, compress_on, edge_rules,
+                                      quantizers, transfer)
 from compressjax.mixed.common import start_from_float as init_from_float
 from compressjax.mixed.interp import ChannelBits, check_levels, mix
 from compressjax.mixed.report import BitAllocation
@@ -162,7 +162,7 @@ def fracbits(
         "search its own bit-width, but one scanned op takes one fixed bit-width, so the "
         "hardened allocation could not be built or served; search a model whose layers are "
         "not stacked, or quantize the stack at fixed bits")
-  return compress(model, rules, x) if isinstance(model, nnx.Module) else compress(model, rules)
+  return compress_on(model, rules, x)
 
 
 

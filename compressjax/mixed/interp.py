@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compressjax.qarray import QArray
+from compressjax.qarray import QArray, code_range
 from compressjax.quant.base import Codes, Quantizer
 
 Array = jax.Array
@@ -100,7 +100,7 @@ class ChannelBits:
     q = self.quantize(x, params, stats)
     bits = max(self.bits)
     signed = q.lo < 0
-    container_lo, container_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    container_lo, container_hi = code_range(bits, signed)
     if q.lo < container_lo or q.hi > container_hi:
       raise ValueError(f"ChannelBits: {type(self.base).__name__} codes span {q.lo}..{q.hi}, "
                        f"wider than a {bits}-bit container")

@@ -174,15 +174,11 @@ def load_linen(model: nnx.Module, variables: dict) -> nnx.Module:
 
   Raises ValueError naming the first path that is missing or has another shape.
   """
-  from compressjax.core.tree_paths import get_path, key_name  # pylint: disable=g-import-not-at-top
+  from compressjax.core.tree_paths import flat_paths, get_path  # pylint: disable=g-import-not-at-top
 
   state = nnx.state(model, (nnx.Param, nnx.BatchStat))  # a tuple filter: either kind
-  flat = jax.tree_util.tree_flatten_with_path(state)[0]
   values = []
-  for keys, leaf in flat:
-    names = [key_name(k) for k in keys]
-    names = names[:-1] if names[-1] == "value" else names
-    path = "/".join(names)
+  for path, leaf in flat_paths(state):
     source = get_path(variables.get("params", {}), path)
     if source is None:
       source = get_path(variables.get("batch_stats", {}), path)

@@ -22,8 +22,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from compressjax.core.matching import first_match, path_str, warn_unused
-from compressjax.core.tree_paths import leaf_name
+from compressjax.core.matching import first_match, warn_unused
+from compressjax.core.compress import NNX_SITE_PARAMS
+from compressjax.core.tree_paths import flat_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,10 @@ def leaf_paths(tree: Any) -> list[tuple[str, Any]]:
   In the state of a compressed NNX module (what ``nnx.Optimizer`` holds: the wrapped model
   under ``model``, transform state under ``site_params``) the model's parameters keep the names
   its sites and rules give them (``conv1/kernel``, not ``model/conv1/kernel``)."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  keys = set(tree.keys()) if hasattr(tree, "keys") else set()
-  wrapped = "model/" if {"model", "site_params"} <= keys else None
-  names = [leaf_name(k) for k, _ in flat]
-  if wrapped:
-    names = [n[len(wrapped):] if n.startswith(wrapped) else n for n in names]
-  return list(zip(names, (leaf for _, leaf in flat)))
+  paths = flat_paths(tree)
+  if not {"model", NNX_SITE_PARAMS} <= set(tree.keys() if hasattr(tree, "keys") else ()):
+    return paths
+  return [(p.removeprefix("model/"), leaf) for p, leaf in paths]
 
 
 def _natural_key(path: str) -> list[Any]:
